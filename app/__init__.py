@@ -1,0 +1,1 @@
+"""The HTTP API: FastAPI, async, no torch."""

@@ -1,0 +1,54 @@
+"""Dependencies, declared once and used in route signatures."""
+
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from celery import Celery
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.core.config import ApiSettings, get_settings
+from app.errors import Unauthorized
+from app.store import JobStore
+
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from LLM_TASKS_API_KEYS.")
+
+#: Owner of every job while no API keys are configured.
+OPEN_OWNER = "anonymous"
+
+
+def get_redis(request: Request) -> aioredis.Redis:
+    redis: aioredis.Redis = request.app.state.redis
+    return redis
+
+
+def get_celery(request: Request) -> Celery:
+    celery: Celery = request.app.state.celery
+    return celery
+
+
+RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+
+
+def get_store(request: Request, settings: SettingsDep) -> JobStore:
+    return JobStore(request.app.state.redis, request.app.state.results, settings.result_expires)
+
+
+def get_owner(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """Who is calling: the owner id of a valid key, or the shared owner when the API is open."""
+    owners = settings.key_owners
+    if not owners:
+        return OPEN_OWNER
+    if credentials is None or credentials.credentials not in owners:
+        raise Unauthorized("A valid API key is required: Authorization: Bearer <key>.")
+    return owners[credentials.credentials]
+
+
+StoreDep = Annotated[JobStore, Depends(get_store)]
+OwnerDep = Annotated[str, Depends(get_owner)]

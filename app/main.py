@@ -1,0 +1,58 @@
+"""The ASGI app: ``uvicorn app.main:app``. Imports neither torch nor the worker's tasks."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from app.core.config import ApiSettings, get_settings
+from app.errors import install_error_handlers
+from app.routes import health, jobs
+from contracts.celery_config import create_celery_app
+
+DESCRIPTION = """
+Run Hugging Face transformers jobs asynchronously. Submit a job with `POST /v1/jobs`,
+get its id at once, then read it with `GET /v1/jobs/{id}`.
+
+Statuses: `queued`, `running`, `succeeded`, `failed`, `canceled`, `expired`.
+Errors are `application/problem+json` (RFC 9457).
+"""
+
+
+def _redis(url: str, settings: ApiSettings) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=settings.redis_timeout,
+        socket_timeout=settings.redis_timeout,
+        health_check_interval=30,
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: ApiSettings = app.dependency_overrides.get(get_settings, get_settings)()
+    app.state.redis = _redis(settings.redis_url, settings)
+    backend = settings.effective_result_backend
+    app.state.results = (
+        app.state.redis if backend == settings.redis_url else _redis(backend, settings)
+    )
+    app.state.celery = create_celery_app("llm_tasks.api", settings)
+    try:
+        yield
+    finally:
+        app.state.celery.close()
+        if app.state.results is not app.state.redis:
+            await app.state.results.aclose()
+        await app.state.redis.aclose()
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="llm-tasks", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

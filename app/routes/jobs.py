@@ -1,0 +1,133 @@
+"""/v1/jobs: submit a job, read it, list yours."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from app import dispatch
+from app.deps import CeleryDep, OwnerDep, SettingsDep, StoreDep
+from app.errors import InputRejected
+from app.status import build_job
+from app.store import StoredJob, decode_cursor, encode_cursor, score_of
+from contracts.jobs import JobCreate, JobPage, JobPublic, JobStatus, JobUrls
+from contracts.names import JobKind
+from contracts.schemas import limit_violations
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+LIST_SCAN_PAGES = 10
+
+PROBLEM = {"content": {"application/problem+json": {}}}
+EXAMPLES: dict[str, Any] = {
+    "generate": {
+        "summary": "Generate text",
+        "value": {
+            "kind": "generate",
+            "input": {"prompt": "Once upon a time", "max_new_tokens": 40, "temperature": 0.8},
+            "priority": 5,
+        },
+    },
+}
+
+
+def _public(request: Request, job: StoredJob) -> JobPublic:
+    job_url = str(request.url_for("read_job", job_id=job.record.id))
+    return build_job(
+        job.record,
+        job.metas,
+        started_at=job.started_at,
+        attempts=job.attempts,
+        urls=JobUrls(self=job_url, events=f"{job_url}/events"),
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    responses={
+        401: PROBLEM | {"description": "Missing or invalid API key"},
+        422: PROBLEM | {"description": "Invalid input; `errors` names each offending field"},
+        503: PROBLEM | {"description": "Broker or job store unreachable; retry later"},
+    },
+)
+async def create_job(
+    job: Annotated[JobCreate, Body(openapi_examples=EXAMPLES)],
+    request: Request,
+    response: Response,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    celery: CeleryDep,
+) -> JobPublic:
+    """Submit a job; answers at once with its id, status `queued` and where to follow it."""
+    errors = [
+        {"loc": ["body", "input", v.field], "msg": v.message, "type": "limit"}
+        for v in limit_violations(job.input, settings)
+    ]
+    if job.delay_seconds > settings.delay_limit:
+        errors.append(
+            {
+                "loc": ["body", "delay_seconds"],
+                "msg": f"must be at most {settings.delay_limit} (the broker's visibility "
+                "timeout would deliver a longer countdown twice)",
+                "type": "limit",
+            }
+        )
+    if errors:
+        raise InputRejected(errors)
+    record = dispatch.new_record(job, owner)
+    await store.create(record)
+    try:
+        await run_in_threadpool(dispatch.send, celery, record)
+    except Exception:
+        await store.discard(record)
+        raise
+    stored = StoredJob(record, started_at=None, attempts={}, metas=[None] * len(record.steps))
+    public = _public(request, stored)
+    response.headers["Location"] = public.urls.self
+    return public
+
+
+@router.get("/{job_id}", responses={404: PROBLEM | {"description": "Unknown, expired or not yours"}})
+async def read_job(job_id: str, request: Request, owner: OwnerDep, store: StoreDep) -> JobPublic:
+    """The job: status, progress of each step, output or error."""
+    return _public(request, await store.get(job_id, owner))
+
+
+@router.get("", responses={422: PROBLEM | {"description": "Bad filter or cursor"}})
+async def list_jobs(
+    request: Request,
+    owner: OwnerDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    kind: Annotated[JobKind | None, Query(description="Only jobs of this kind.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+) -> JobPage:
+    """Your recent jobs, newest first."""
+    if cursor is not None:
+        try:
+            decode_cursor(cursor)
+        except ValueError as error:
+            raise InputRejected(
+                [{"loc": ["query", "cursor"], "msg": str(error), "type": "value_error"}]
+            ) from None
+    limit = min(limit, settings.list_limit_max)
+    items: list[JobPublic] = []
+    position = cursor
+    # With filters, one request scans a bounded stretch of history; the cursor goes on from there.
+    for _ in range(LIST_SCAN_PAGES):
+        jobs, after_page = await store.page(owner, position, batch=limit)
+        for job in jobs:
+            position = encode_cursor(score_of(job.record.created_at), job.record.id)
+            public = _public(request, job)
+            if (status is None or public.status is status) and (kind is None or public.kind is kind):
+                items.append(public)
+                if len(items) == limit:
+                    return JobPage(items=items, next_cursor=position)
+        if after_page is None:
+            return JobPage(items=items, next_cursor=None)
+        position = after_page
+    return JobPage(items=items, next_cursor=position)

@@ -1,0 +1,140 @@
+"""The job registry in Redis: every accepted job, readable until its results expire.
+
+Keys (see :mod:`contracts.jobs`): one hash per job (the immutable record, the start time
+and per-step attempts, the last two stamped by the worker) and one sorted set per owner,
+scored by creation time, for listing newest first.
+"""
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from app.errors import JobNotFound
+from contracts.jobs import (
+    RECORD_FIELD,
+    STARTED_AT_FIELD,
+    JobRecord,
+    job_key,
+    owner_index_key,
+)
+
+CELERY_META_PREFIX = "celery-task-meta-"
+ATTEMPTS_PREFIX = "attempts:"
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    record: JobRecord
+    started_at: datetime | None
+    attempts: dict[str, int]
+    metas: list[dict[str, Any] | None]
+
+
+def score_of(moment: datetime) -> int:
+    """Microseconds since the epoch: exact in a Redis score (a double) for centuries."""
+    return int(moment.timestamp() * 1_000_000)
+
+
+def encode_cursor(score: int, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score}:{job_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        score, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
+        return int(score), job_id
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError("not a cursor from this API") from error
+
+
+class JobStore:
+    def __init__(
+        self, redis: aioredis.Redis, results: aioredis.Redis, ttl: int
+    ) -> None:
+        self._redis = redis
+        self._results = results
+        self._ttl = ttl
+
+    async def create(self, record: JobRecord) -> None:
+        key, index = job_key(record.id), owner_index_key(record.owner)
+        horizon = score_of(datetime.now(UTC)) - self._ttl * 1_000_000
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, RECORD_FIELD, record.model_dump_json())
+            pipe.expire(key, self._ttl)
+            pipe.zadd(index, {record.id: score_of(record.created_at)})
+            pipe.zremrangebyscore(index, "-inf", horizon)
+            pipe.expire(index, self._ttl)
+            await pipe.execute()
+
+    async def discard(self, record: JobRecord) -> None:
+        """Forget a job that was never handed to the broker."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(job_key(record.id))
+            pipe.zrem(owner_index_key(record.owner), record.id)
+            await pipe.execute()
+
+    async def get(self, job_id: str, owner: str) -> StoredJob:
+        jobs = await self._load([job_id])
+        job = jobs.get(job_id)
+        if job is None or job.record.owner != owner:
+            raise JobNotFound(job_id)
+        return job
+
+    async def page(
+        self, owner: str, cursor: str | None, batch: int
+    ) -> tuple[list[StoredJob], str | None]:
+        """Up to ``batch`` of the owner's jobs older than ``cursor``, newest first."""
+        index = owner_index_key(owner)
+        top: str | int = "+inf"
+        after_id: str | None = None
+        if cursor:
+            top, after_id = decode_cursor(cursor)
+        # Members sharing a score come in reverse lexical order: skip those already served.
+        rows = await self._redis.zrevrangebyscore(
+            index, top, "-inf", start=0, num=batch + 64, withscores=True
+        )
+        picked: list[tuple[str, int]] = []
+        for member, score in rows:
+            job_id = member.decode()
+            if after_id is not None and int(score) == top and job_id >= after_id:
+                continue
+            picked.append((job_id, int(score)))
+            if len(picked) == batch:
+                break
+        jobs = await self._load([job_id for job_id, _ in picked])
+        found = [jobs[job_id] for job_id, _ in picked if job_id in jobs]
+        next_cursor = encode_cursor(picked[-1][1], picked[-1][0]) if len(picked) == batch else None
+        return found, next_cursor
+
+    async def _load(self, job_ids: list[str]) -> dict[str, StoredJob]:
+        if not job_ids:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(job_key(job_id))
+            hashes: list[dict[bytes, bytes]] = await pipe.execute()
+        partial: list[tuple[JobRecord, datetime | None, dict[str, int]]] = []
+        for fields in hashes:
+            if RECORD_FIELD.encode() not in fields:
+                continue  # expired (or a stray stamp): as good as unknown
+            record = JobRecord.model_validate_json(fields[RECORD_FIELD.encode()])
+            started = fields.get(STARTED_AT_FIELD.encode())
+            attempts = {
+                name.decode().removeprefix(ATTEMPTS_PREFIX): int(value)
+                for name, value in fields.items()
+                if name.startswith(ATTEMPTS_PREFIX.encode())
+            }
+            partial.append(
+                (record, datetime.fromisoformat(started.decode()) if started else None, attempts)
+            )
+        task_ids = [step.task_id for record, _, _ in partial for step in record.steps]
+        raw_metas = await self._results.mget([CELERY_META_PREFIX + t for t in task_ids]) if task_ids else []
+        metas = iter(json.loads(raw) if raw else None for raw in raw_metas)
+        return {
+            record.id: StoredJob(record, started, attempts, [next(metas) for _ in record.steps])
+            for record, started, attempts in partial
+        }

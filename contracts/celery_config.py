@@ -1,0 +1,74 @@
+"""The one Celery configuration, used by the API (producer) and the workers (consumers).
+
+If the two sides disagree on queues or priority steps, priorities silently break, so
+both build their app with :func:`create_celery_app`.
+"""
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from contracts.names import TASK_QUEUES, QueueName
+from contracts.settings import CommonSettings
+
+#: Client-facing priorities: 0 (least urgent) to 9 (most urgent).
+PRIORITY_LEVELS = 10
+DEFAULT_PRIORITY = 5
+
+
+def is_amqp(broker_url: str) -> bool:
+    return broker_url.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
+
+
+def broker_priority(priority: int, broker_url: str) -> int:
+    """Map a client priority (9 = most urgent) to the broker's own convention.
+
+    The Redis transport consumes 0 first; RabbitMQ delivers the highest number first.
+    """
+    if not 0 <= priority < PRIORITY_LEVELS:
+        raise ValueError(f"priority must be in 0..{PRIORITY_LEVELS - 1}, got {priority}")
+    return priority if is_amqp(broker_url) else PRIORITY_LEVELS - 1 - priority
+
+
+def celery_config(settings: CommonSettings) -> dict[str, Any]:
+    broker_url = settings.effective_broker_url
+    queue_arguments = {"x-max-priority": PRIORITY_LEVELS - 1} if is_amqp(broker_url) else None
+    return {
+        "broker_url": broker_url,
+        "result_backend": settings.effective_result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_queues": [
+            Queue(queue.value, routing_key=queue.value, queue_arguments=queue_arguments)
+            for queue in QueueName
+        ],
+        "task_default_queue": QueueName.DEFAULT.value,
+        "task_routes": {name.value: {"queue": queue.value} for name, queue in TASK_QUEUES.items()},
+        "task_create_missing_queues": False,
+        "task_default_priority": broker_priority(DEFAULT_PRIORITY, broker_url),
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_track_started": True,
+        "worker_prefetch_multiplier": 1,
+        "result_expires": settings.result_expires,
+        "result_extended": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "priority_steps": list(range(PRIORITY_LEVELS)),
+            "sep": ":",
+            "queue_order_strategy": "priority",
+        },
+        "enable_utc": True,
+        "timezone": "UTC",
+    }
+
+
+def create_celery_app(main: str, settings: CommonSettings) -> Celery:
+    """A Celery app configured from ``settings``; creating it opens no connection."""
+    app = Celery(main)
+    app.conf.update(celery_config(settings))
+    return app

@@ -1,0 +1,146 @@
+"""Jobs as clients see them (HTTP schemas) and as Redis keeps them (the job registry)."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.celery_config import DEFAULT_PRIORITY, PRIORITY_LEVELS
+from contracts.names import JobKind
+from contracts.schemas import GenerateInput, GenerateOutput
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+    @property
+    def finished(self) -> bool:
+        return self not in {JobStatus.QUEUED, JobStatus.RUNNING}
+
+
+class JobOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: int = Field(
+        default=DEFAULT_PRIORITY,
+        ge=0,
+        le=PRIORITY_LEVELS - 1,
+        description="0 (least urgent) to 9 (most urgent).",
+    )
+    delay_seconds: int = Field(default=0, ge=0, description="Start no sooner than this.")
+    expires_in: int | None = Field(
+        default=None, ge=1, description="Give up if not started within this many seconds."
+    )
+
+
+class GenerateJobCreate(JobOptions):
+    """Generate text from a prompt."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"kind": "generate", "input": {"prompt": "Once upon a time", "max_new_tokens": 40}}
+            ]
+        }
+    )
+
+    kind: Literal[JobKind.GENERATE]
+    input: GenerateInput
+
+
+JobCreate = Annotated[GenerateJobCreate, Field(discriminator="kind")]
+
+
+class Progress(BaseModel):
+    current: int
+    total: int
+    message: str | None = None
+
+
+class StepPublic(BaseModel):
+    name: str
+    status: JobStatus
+    progress: Progress | None = None
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobUrls(BaseModel):
+    self: str
+    events: str
+
+
+class JobPublic(BaseModel):
+    """A job as the API shows it."""
+
+    id: str
+    kind: JobKind
+    status: JobStatus
+    priority: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress | None = None
+    steps: list[StepPublic]
+    output: GenerateOutput | None = None
+    error: JobError | None = None
+    attempts: int = Field(description="Tries of the current step so far (retries included).")
+    urls: JobUrls
+
+
+class JobPage(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next (older) page; null at the end."
+    )
+
+
+class StepRecord(BaseModel):
+    name: str
+    task_id: str
+
+
+class JobRecord(BaseModel):
+    """What the registry keeps of an accepted job (immutable after submission)."""
+
+    id: str
+    kind: JobKind
+    owner: str
+    input: dict[str, Any]
+    priority: int
+    created_at: datetime
+    not_before: datetime | None = None
+    expires_at: datetime | None = None
+    steps: list[StepRecord]
+
+
+# Redis keys of the job registry, shared by the API (writes records) and the worker
+# (stamps start times and attempts).
+JOB_KEY_PREFIX = "llm_tasks:job:"
+#: Celery header that carries the job id to the worker.
+JOB_ID_HEADER = "llm_job_id"
+
+
+def job_key(job_id: str) -> str:
+    return f"{JOB_KEY_PREFIX}{job_id}"
+
+
+def owner_index_key(owner: str) -> str:
+    return f"llm_tasks:owner:{owner}:jobs"
+
+
+def attempts_field(task_id: str) -> str:
+    return f"attempts:{task_id}"
+
+
+STARTED_AT_FIELD = "started_at"
+RECORD_FIELD = "record"

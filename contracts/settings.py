@@ -1,0 +1,50 @@
+"""Settings that the API and the workers must agree on (prefix ``LLM_TASKS_``)."""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """Where Redis is, how long results live, and the bounds every job input obeys."""
+
+    model_config = SettingsConfigDict(env_prefix="LLM_TASKS_", env_ignore_empty=True, extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis for the job registry and live events; broker and result backend "
+        "unless BROKER_URL / RESULT_BACKEND are given.",
+    )
+    broker_url: str | None = Field(default=None, description="Celery broker (defaults to REDIS_URL).")
+    result_backend: str | None = Field(
+        default=None, description="Celery result backend (defaults to REDIS_URL)."
+    )
+    visibility_timeout: int = Field(
+        default=3600,
+        ge=10,
+        description="Seconds before an unacknowledged message is delivered again (Redis broker). "
+        "Must exceed the longest job.",
+    )
+    result_expires: int = Field(
+        default=86400, ge=60, description="Seconds a job and its results are kept."
+    )
+    max_prompt_chars: int = Field(default=8000, ge=1, description="Longest prompt accepted.")
+    max_new_tokens: int = Field(default=512, ge=1, description="Most tokens one generation may ask for.")
+    max_delay_seconds: int | None = Field(
+        default=None,
+        description="Longest delay_seconds accepted; defaults to just under VISIBILITY_TIMEOUT "
+        "(a longer countdown would be delivered twice by the Redis broker).",
+    )
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def effective_result_backend(self) -> str:
+        return self.result_backend or self.redis_url
+
+    @property
+    def delay_limit(self) -> int:
+        """Longest countdown that cannot outlive the broker's visibility timeout."""
+        ceiling = self.visibility_timeout - 5
+        return min(self.max_delay_seconds, ceiling) if self.max_delay_seconds else ceiling

@@ -1,0 +1,98 @@
+"""Fixtures for the whole suite: the tiny models, and a real stack for end-to-end tests.
+
+The stack is a private ``redis-server`` on a free port, a real Celery worker process and
+the API under uvicorn, driven over real sockets. Nothing is mocked.
+"""
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tools.stack import (
+    ROOT,
+    Process,
+    free_port,
+    http_ok,
+    start_api,
+    start_redis,
+    start_worker,
+    wait_until,
+)
+
+ARTIFACTS = ROOT / "test-artifacts"
+#: A bound the tests set through the environment, to see settings enforced on both sides.
+TEST_MAX_NEW_TOKENS = 96
+
+
+@pytest.fixture(scope="session")
+def log_dir() -> Path:
+    path = ARTIFACTS / "logs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir() -> Path:
+    """The tiny models, built once per machine (a file lock guards concurrent builds)."""
+    from worker.config import get_settings
+    from worker.tiny import ensure_tiny_models
+
+    return ensure_tiny_models(get_settings().model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def redis_url(log_dir: Path) -> Iterator[str]:
+    server, url = start_redis(log_dir)
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_env(redis_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_TASKS_")}
+    env.update(
+        LLM_TASKS_REDIS_URL=redis_url,
+        LLM_TASKS_MAX_NEW_TOKENS=str(TEST_MAX_NEW_TOKENS),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def worker(stack_env: dict[str, str], log_dir: Path, tiny_models_dir: Path) -> Iterator[Process]:
+    process = start_worker(
+        stack_env, log_dir, app="tests.support.fault_worker", extra=["--concurrency", "4"]
+    )
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def api_url(stack_env: dict[str, str], log_dir: Path, worker: Process) -> Iterator[str]:
+    port = free_port()
+    process = start_api(stack_env, log_dir, host="127.0.0.1", port=port)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_ok(f"{url}/readyz"), 60, process, worker)
+    yield url
+    process.stop()
+
+
+@pytest.fixture
+def client(api_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_url, timeout=10) as http:
+        yield http
+
+
+def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
+    """Poll until the job is finished; returns the final job."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").raise_for_status().json()
+        if job["status"] not in {"queued", "running"}:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s")

@@ -1,0 +1,1 @@
+"""Developer tooling: the local stack launcher shared by `make run` and the tests."""

@@ -1,0 +1,1 @@
+"""Celery workers that hold the models: tasks, model registry, inference."""

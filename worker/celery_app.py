@@ -1,0 +1,16 @@
+"""The worker's Celery app: ``celery -A worker.celery_app worker`` needs no other flag.
+
+The pool is ``threads``: the models are loaded once per process and shared by every
+thread (prefork would load one copy per child and break CUDA after fork).
+"""
+
+from contracts.celery_config import create_celery_app
+from worker.config import get_settings
+
+settings = get_settings()
+app = create_celery_app("llm_tasks", settings)
+app.conf.update(
+    worker_pool="threads",
+    worker_concurrency=settings.worker_concurrency,
+    include=["worker.tasks", "worker.signals"],
+)

@@ -1,0 +1,38 @@
+"""Worker settings: which models, on which device, how to batch."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+
+from contracts.settings import CommonSettings
+
+
+class WorkerSettings(CommonSettings):
+    generator_model: str = Field(
+        default="tiny", description="`tiny` (built offline) or a Hugging Face id / local path."
+    )
+    summarizer_model: str = Field(default="tiny", description="Seq2seq model for summaries.")
+    classifier_model: str = Field(default="tiny", description="Sentiment classifier.")
+    device: str = Field(default="auto", description="`auto`, `cpu` or `cuda:N`.")
+    batch_max_size: int = Field(
+        default=16, ge=1, description="Most requests in one forward pass; 1 turns batching off."
+    )
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0, description="How long a batch waits for company before it runs."
+    )
+    worker_concurrency: int = Field(
+        default=16, ge=1, description="Tasks a worker runs at once (threads)."
+    )
+    model_cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "llm-tasks",
+        description="Where the tiny models are built and kept.",
+    )
+    preload_models: bool = Field(
+        default=True, description="Load every model when the worker starts, not on first use."
+    )
+
+
+@lru_cache
+def get_settings() -> WorkerSettings:
+    return WorkerSettings()

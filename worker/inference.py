@@ -1,0 +1,111 @@
+"""Plain inference functions: no Celery here, so tests and benchmarks call them directly."""
+
+import secrets
+from dataclasses import dataclass
+
+import torch
+
+from contracts.schemas import GenerateOutput
+from worker.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class Sentiment:
+    label: str
+    score: float
+
+
+def generate_text(
+    loaded: LoadedModel,
+    *,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+) -> GenerateOutput:
+    """Continue ``prompt``; when prompt and continuation outgrow the context window, the
+    oldest tokens are dropped from what the model sees (never an error)."""
+    tokenizer, model = loaded.tokenizer, loaded.model
+    prompt_ids: list[int] = tokenizer(prompt, add_special_tokens=False, verbose=False)[
+        "input_ids"
+    ]
+    window = loaded.context_window
+    eos_id = tokenizer.eos_token_id
+    generated: list[int] = []
+    finish_reason = "length"
+    seen_prompt_tokens = 0
+    with loaded.lock, torch.inference_mode():
+        torch.manual_seed(seed if seed is not None else secrets.randbits(32))
+        while len(generated) < max_new_tokens:
+            remaining = max_new_tokens - len(generated)
+            context = prompt_ids + generated
+            step = remaining if len(context) + remaining <= window else min(remaining, window // 2)
+            context = context[-(window - step) :] or [eos_id]
+            if not generated:
+                seen_prompt_tokens = len(context)
+            input_ids = torch.tensor([context], device=loaded.device)
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=step,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_p=top_p if temperature > 0 else None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos_id,
+            )
+            new_tokens = output[0, input_ids.shape[1] :].tolist()
+            if eos_id in new_tokens:
+                generated += new_tokens[: new_tokens.index(eos_id)]
+                finish_reason = "stop"
+                break
+            generated += new_tokens
+    return GenerateOutput(
+        text=tokenizer.decode(generated, skip_special_tokens=True),
+        tokens=len(generated),
+        finish_reason=finish_reason,  # type: ignore[arg-type]
+        prompt_tokens=seen_prompt_tokens,
+        model=loaded.name,
+    )
+
+
+def classify(loaded: LoadedModel, texts: list[str]) -> list[Sentiment]:
+    """Label each text with the classifier's most likely class and its probability."""
+    tokenizer, model = loaded.tokenizer, loaded.model
+    encoded = tokenizer(
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=min(loaded.context_window, tokenizer.model_max_length),
+        return_tensors="pt",
+    ).to(loaded.device)
+    with loaded.lock, torch.inference_mode():
+        probabilities = model(**encoded).logits.float().softmax(dim=-1)
+    scores, indices = probabilities.max(dim=-1)
+    labels = model.config.id2label
+    return [
+        Sentiment(label=labels[int(index)], score=float(score))
+        for score, index in zip(scores, indices, strict=True)
+    ]
+
+
+def summarize(loaded: LoadedModel, *, text: str, min_new_tokens: int, max_new_tokens: int) -> str:
+    """Summarize with the seq2seq model's own ``generate`` (transformers 5 has no pipeline)."""
+    tokenizer, model = loaded.tokenizer, loaded.model
+    encoded = tokenizer(
+        text,
+        truncation=True,
+        max_length=min(loaded.context_window, tokenizer.model_max_length),
+        return_tensors="pt",
+    ).to(loaded.device)
+    with loaded.lock, torch.inference_mode():
+        output = model.generate(
+            **encoded,
+            min_new_tokens=min_new_tokens,
+            max_new_tokens=max_new_tokens,
+            num_beams=1,
+            do_sample=False,
+        )
+    return str(tokenizer.decode(output[0], skip_special_tokens=True)).strip()

@@ -1,0 +1,132 @@
+"""The model registry: each model loaded lazily, once per process, shared by all threads."""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from worker.config import WorkerSettings, get_settings
+from worker.tiny import ensure_tiny_models
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRole(StrEnum):
+    GENERATOR = "generator"
+    CLASSIFIER = "classifier"
+    SUMMARIZER = "summarizer"
+
+
+_AUTO_CLASSES = {
+    ModelRole.GENERATOR: AutoModelForCausalLM,
+    ModelRole.CLASSIFIER: AutoModelForSequenceClassification,
+    ModelRole.SUMMARIZER: AutoModelForSeq2SeqLM,
+}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    role: ModelRole
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    load_seconds: float
+    #: Serializes forward passes on this model so that seeded sampling stays reproducible.
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    @property
+    def context_window(self) -> int:
+        """Positions the model can attend to (prompt and generated tokens together)."""
+        config = self.model.config
+        for attribute in ("n_positions", "max_position_embeddings"):
+            value = getattr(config, attribute, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return int(self.tokenizer.model_max_length)
+
+
+def resolve_device(setting: str) -> tuple[torch.device, torch.dtype]:
+    """``auto``: the first CUDA device in half precision when there is one, else the CPU."""
+    if setting == "auto":
+        setting = "cuda:0" if torch.cuda.is_available() else "cpu"
+    device = torch.device(setting)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"LLM_TASKS_DEVICE={setting} but CUDA is not available")
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return device, dtype
+    return device, torch.float32
+
+
+class ModelRegistry:
+    """Loads each configured model on first use; concurrent first uses wait for one load."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self._settings = settings
+        self._models: dict[ModelRole, LoadedModel] = {}
+        self._locks = {role: threading.Lock() for role in ModelRole}
+
+    def model_name(self, role: ModelRole) -> str:
+        names = {
+            ModelRole.GENERATOR: self._settings.generator_model,
+            ModelRole.CLASSIFIER: self._settings.classifier_model,
+            ModelRole.SUMMARIZER: self._settings.summarizer_model,
+        }
+        return names[role]
+
+    def source(self, role: ModelRole) -> str | Path:
+        """Where ``from_pretrained`` reads the model: the tiny build, a local path or a hub id."""
+        name = self.model_name(role)
+        if name == "tiny":
+            return ensure_tiny_models(self._settings.model_cache_dir) / role.value
+        return name
+
+    def get(self, role: ModelRole) -> LoadedModel:
+        loaded = self._models.get(role)
+        if loaded is not None:
+            return loaded
+        with self._locks[role]:
+            loaded = self._models.get(role)
+            if loaded is None:
+                loaded = self._load(role)
+                self._models[role] = loaded
+            return loaded
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._models.values())
+
+    def _load(self, role: ModelRole) -> LoadedModel:
+        started = time.perf_counter()
+        source = self.source(role)
+        device, dtype = resolve_device(self._settings.device)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = _AUTO_CLASSES[role].from_pretrained(source, dtype=dtype)
+        model.to(device)
+        model.eval()
+        if role is ModelRole.GENERATOR:
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            tokenizer.padding_side = "left"
+        seconds = time.perf_counter() - started
+        logger.info("loaded %s model %s on %s (%s) in %.2fs", role, source, device, dtype, seconds)
+        return LoadedModel(role, self.model_name(role), model, tokenizer, device, seconds)
+
+
+@lru_cache
+def get_registry() -> ModelRegistry:
+    """The process-wide registry: one copy of each model per worker process."""
+    return ModelRegistry(get_settings())
