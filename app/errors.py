@@ -90,7 +90,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def on_invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         errors = [
-            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()
+            {"loc": _location(e), "msg": e["msg"], "type": e["type"]} for e in error.errors()
         ]
         return problem(422, "Invalid request", _summary(errors), request.url.path, errors=errors)
 
@@ -115,6 +115,14 @@ def install_error_handlers(app: FastAPI) -> None:
             request.url.path,
             headers=BrokerUnavailable.headers,
         )
+
+
+def _location(error: Any) -> list[str | int]:
+    """Where the error is; a bad or missing discriminator is named (``kind``), not the body."""
+    location = list(error["loc"])
+    if error["type"] in {"union_tag_invalid", "union_tag_not_found"}:
+        location.append(str(error.get("ctx", {}).get("discriminator", "")).strip("'"))
+    return location
 
 
 def _reason(status: int) -> str:

@@ -50,7 +50,7 @@ class GenerateJobCreate(JobOptions):
         }
     )
 
-    kind: Literal[JobKind.GENERATE]
+    kind: Literal["generate"]
     input: GenerateInput
 
 

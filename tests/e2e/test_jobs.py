@@ -1,0 +1,166 @@
+"""The job service end to end: HTTP → API → Redis → worker process → tiny model → back."""
+
+import os
+import subprocess
+import sys
+import uuid
+
+import httpx
+import pytest
+
+from tests.conftest import TEST_MAX_NEW_TOKENS, wait_for_job
+from tools.stack import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def submit(client: httpx.Client, **body) -> httpx.Response:
+    return client.post("/v1/jobs", json={"kind": "generate", **body})
+
+
+def test_a_generate_job_succeeds_with_text(client: httpx.Client):
+    response = submit(client, input={"prompt": "Once upon a time", "max_new_tokens": 24, "seed": 1})
+    assert response.status_code == 202
+    job = response.json()
+    assert job["status"] == "queued"
+    assert job["kind"] == "generate"
+    assert response.headers["location"] == job["urls"]["self"]
+    assert job["urls"]["self"].endswith(f"/v1/jobs/{job['id']}")
+
+    done = wait_for_job(client, job["id"])
+    assert done["status"] == "succeeded", done
+    output = done["output"]
+    assert output["tokens"] == 24 and output["finish_reason"] == "length"
+    assert len(output["text"].split()) >= 3
+    assert output["model"] == "tiny"
+    assert done["error"] is None
+    assert done["attempts"] == 1
+    assert done["steps"] == [{"name": "generate", "status": "succeeded", "progress": None}]
+    assert done["created_at"] <= done["started_at"] <= done["finished_at"]
+
+
+def test_the_same_seed_gives_the_same_text(client: httpx.Client):
+    body = {"input": {"prompt": "The weather", "max_new_tokens": 16, "seed": 42}}
+    first, second = (submit(client, **body).json()["id"] for _ in range(2))
+    assert wait_for_job(client, first)["output"] == wait_for_job(client, second)["output"]
+
+
+def test_unknown_id_is_404_problem(client: httpx.Client):
+    response = client.get(f"/v1/jobs/{uuid.uuid4()}")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == 404 and problem["title"] == "Job not found"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"kind": "generate", "input": {"prompt": "Hi", "temperature": 5}}, "temperature"),
+        ({"kind": "generate", "input": {"max_new_tokens": 10}}, "prompt"),
+        ({"kind": "generate", "input": {"prompt": ""}}, "prompt"),
+        ({"kind": "generate", "input": {"prompt": "Hi"}, "priority": 10}, "priority"),
+        ({"kind": "generate", "input": {"prompt": "Hi", "max_length": 9}}, "max_length"),
+        ({"kind": "teleport", "input": {"prompt": "Hi"}}, "kind"),
+    ],
+)
+def test_invalid_input_is_422_naming_the_field(client: httpx.Client, body: dict, field: str):
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert any(field in map(str, error["loc"]) for error in problem["errors"]), problem
+    assert field in problem["detail"]
+
+
+def test_bounds_from_settings_are_enforced(client: httpx.Client):
+    response = submit(client, input={"prompt": "Hi", "max_new_tokens": TEST_MAX_NEW_TOKENS + 1})
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error["loc"] == ["body", "input", "max_new_tokens"]
+    assert str(TEST_MAX_NEW_TOKENS) in error["msg"]
+
+
+def test_malformed_json_is_422_not_500(client: httpx.Client):
+    response = client.post(
+        "/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_a_task_that_raises_ends_failed_with_its_error(client: httpx.Client):
+    job = submit(client, input={"prompt": "FAULT: the GPU caught fire"}).json()
+    done = wait_for_job(client, job["id"])
+    assert done["status"] == "failed"
+    assert done["output"] is None
+    assert done["error"] == {"type": "InjectedFault", "message": "the GPU caught fire"}
+    assert done["steps"][0]["status"] == "failed"
+    assert done["finished_at"] is not None
+
+
+def test_a_delayed_job_reads_queued(client: httpx.Client):
+    job = submit(client, input={"prompt": "Later"}, delay_seconds=30).json()
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+
+
+def test_a_delay_beyond_the_visibility_timeout_is_refused(client: httpx.Client):
+    response = submit(client, input={"prompt": "Much later"}, delay_seconds=10**6)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["body", "delay_seconds"]
+
+
+def test_list_jobs_newest_first_with_filters_and_cursor(client: httpx.Client):
+    ids = [submit(client, input={"prompt": f"List {i}", "max_new_tokens": 2}).json()["id"] for i in range(3)]
+    failed = submit(client, input={"prompt": "FAULT: listed"}).json()["id"]
+    for job_id in [*ids, failed]:
+        wait_for_job(client, job_id)
+
+    page = client.get("/v1/jobs", params={"limit": 2}).json()
+    assert [job["id"] for job in page["items"]] == [failed, ids[2]]
+    following = client.get("/v1/jobs", params={"limit": 2, "cursor": page["next_cursor"]}).json()
+    assert [job["id"] for job in following["items"]] == [ids[1], ids[0]]
+
+    failures = client.get("/v1/jobs", params={"status": "failed", "limit": 100}).json()["items"]
+    assert failed in [job["id"] for job in failures]
+    assert all(job["status"] == "failed" for job in failures)
+
+    assert client.get("/v1/jobs", params={"cursor": "garbage"}).status_code == 422
+    assert client.get("/v1/jobs", params={"status": "sleeping"}).status_code == 422
+
+
+def test_health_and_readiness(client: httpx.Client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["workers"]
+
+
+def test_docs_show_the_generate_schema_with_an_example(client: httpx.Client):
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    assert "generate" in body["examples"]
+    assert "GenerateInput" in spec["components"]["schemas"]
+
+
+def test_tasks_are_plain_celery_tasks_from_a_python_shell(stack_env: dict[str, str], worker):
+    """The README's Python use, run as written in a fresh interpreter."""
+    code = (
+        "from worker.tasks import generate_text\n"
+        "result = generate_text.delay('Hello world', max_new_tokens=8)\n"
+        "print(result.get(timeout=60)['tokens'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=stack_env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "8"
+
+
+def test_the_api_imports_neither_torch_nor_transformers():
+    code = "import sys, app.main; print(sorted({'torch', 'transformers', 'worker.tasks'} & set(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
