@@ -2,12 +2,12 @@
 
 from typing import Annotated
 
-import redis.asyncio as aioredis
 from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.core.config import ApiSettings, get_settings
+from app.core.redis import AsyncRedis
 from app.errors import Unauthorized
 from app.store import JobStore
 
@@ -19,8 +19,8 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from LLM_TASKS_AP
 OPEN_OWNER = "anonymous"
 
 
-def get_redis(request: Request) -> aioredis.Redis:
-    redis: aioredis.Redis = request.app.state.redis
+def get_redis(request: Request) -> AsyncRedis:
+    redis: AsyncRedis = request.app.state.redis
     return redis
 
 
@@ -29,7 +29,7 @@ def get_celery(request: Request) -> Celery:
     return celery
 
 
-RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
+RedisDep = Annotated[AsyncRedis, Depends(get_redis)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 

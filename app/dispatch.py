@@ -16,11 +16,16 @@ from contracts.jobs import JOB_ID_HEADER, GenerateJobCreate, JobRecord, StepReco
 from contracts.names import JobKind, TaskName
 
 #: Bounded: a broker that is down answers 503 in about a second, not after minutes.
-PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
 
 JobCreate = GenerateJobCreate
 
-_STEPS: dict[JobKind, list[tuple[str, TaskName]]] = {
+_STEPS: dict[str, list[tuple[str, TaskName]]] = {
     JobKind.GENERATE: [("generate", TaskName.GENERATE)],
 }
 

@@ -2,7 +2,7 @@
 
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 import redis.exceptions
 from fastapi import FastAPI, Request
@@ -18,7 +18,7 @@ PROBLEM_JSON = "application/problem+json"
 class ProblemError(Exception):
     status = 500
     title = "Internal Server Error"
-    headers: dict[str, str] | None = None
+    headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -47,13 +47,13 @@ class InputRejected(ProblemError):
 class BrokerUnavailable(ProblemError):
     status = 503
     title = "Service unavailable"
-    headers = {"Retry-After": "5"}
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
 
 
 class Unauthorized(ProblemError):
     status = 401
     title = "Unauthorized"
-    headers = {"WWW-Authenticate": 'Bearer realm="llm-tasks"'}
+    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": 'Bearer realm="llm-tasks"'}
 
 
 def problem(
@@ -64,7 +64,12 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
     if instance:
         body["instance"] = instance
     body.update(extra)
@@ -89,9 +94,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": _location(e), "msg": e["msg"], "type": e["type"]} for e in error.errors()
-        ]
+        errors = [{"loc": _location(e), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
         return problem(422, "Invalid request", _summary(errors), request.url.path, errors=errors)
 
     @app.exception_handler(HTTPException)
@@ -101,7 +104,7 @@ def install_error_handlers(app: FastAPI) -> None:
             _reason(error.status_code),
             str(error.detail),
             request.url.path,
-            headers=error.headers,
+            headers=dict(error.headers or {}),
         )
 
     @app.exception_handler(redis.exceptions.ConnectionError)

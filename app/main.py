@@ -3,10 +3,10 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from app.core.config import ApiSettings, get_settings
+from app.core.redis import connect
 from app.errors import install_error_handlers
 from app.routes import health, jobs
 from contracts.celery_config import create_celery_app
@@ -20,22 +20,13 @@ Errors are `application/problem+json` (RFC 9457).
 """
 
 
-def _redis(url: str, settings: ApiSettings) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
-        url,
-        socket_connect_timeout=settings.redis_timeout,
-        socket_timeout=settings.redis_timeout,
-        health_check_interval=30,
-    )
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: ApiSettings = app.dependency_overrides.get(get_settings, get_settings)()
-    app.state.redis = _redis(settings.redis_url, settings)
+    app.state.redis = connect(settings.redis_url, settings)
     backend = settings.effective_result_backend
     app.state.results = (
-        app.state.redis if backend == settings.redis_url else _redis(backend, settings)
+        app.state.redis if backend == settings.redis_url else connect(backend, settings)
     )
     app.state.celery = create_celery_app("llm_tasks.api", settings)
     try:

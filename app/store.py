@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from app.core.redis import AsyncRedis
 from app.errors import JobNotFound
 from contracts.jobs import (
     RECORD_FIELD,
@@ -52,9 +51,7 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 
 
 class JobStore:
-    def __init__(
-        self, redis: aioredis.Redis, results: aioredis.Redis, ttl: int
-    ) -> None:
+    def __init__(self, redis: AsyncRedis, results: AsyncRedis, ttl: int) -> None:
         self._redis = redis
         self._results = results
         self._ttl = ttl
@@ -132,7 +129,9 @@ class JobStore:
                 (record, datetime.fromisoformat(started.decode()) if started else None, attempts)
             )
         task_ids = [step.task_id for record, _, _ in partial for step in record.steps]
-        raw_metas = await self._results.mget([CELERY_META_PREFIX + t for t in task_ids]) if task_ids else []
+        raw_metas = (
+            await self._results.mget([CELERY_META_PREFIX + t for t in task_ids]) if task_ids else []
+        )
         metas = iter(json.loads(raw) if raw else None for raw in raw_metas)
         return {
             record.id: StoredJob(record, started, attempts, [next(metas) for _ in record.steps])

@@ -7,7 +7,7 @@ both build their app with :func:`create_celery_app`.
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from contracts.names import TASK_QUEUES, QueueName
 from contracts.settings import CommonSettings

@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.settings import CommonSettings
 
-#: Hard ceilings, whatever the settings say; the settings narrow them (see :func:`limit_violations`).
+#: Hard ceilings whatever the settings say; settings narrow them (:func:`limit_violations`).
 PROMPT_CHARS_CEILING = 100_000
 NEW_TOKENS_CEILING = 4096
 
@@ -21,7 +21,9 @@ class GenerateInput(BaseModel):
         },
     )
 
-    prompt: str = Field(min_length=1, max_length=PROMPT_CHARS_CEILING, description="Text to continue.")
+    prompt: str = Field(
+        min_length=1, max_length=PROMPT_CHARS_CEILING, description="Text to continue."
+    )
     max_new_tokens: int = Field(
         default=64, ge=1, le=NEW_TOKENS_CEILING, description="Tokens to generate at most."
     )
@@ -42,7 +44,9 @@ class GenerateOutput(BaseModel):
     finish_reason: Literal["length", "stop"] = Field(
         description="`length`: max_new_tokens reached; `stop`: the model ended the text."
     )
-    prompt_tokens: int = Field(description="Prompt tokens the model saw (after trimming to its window).")
+    prompt_tokens: int = Field(
+        description="Prompt tokens the model saw (after trimming to its window)."
+    )
     model: str
 
 

@@ -7,14 +7,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class CommonSettings(BaseSettings):
     """Where Redis is, how long results live, and the bounds every job input obeys."""
 
-    model_config = SettingsConfigDict(env_prefix="LLM_TASKS_", env_ignore_empty=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LLM_TASKS_", env_ignore_empty=True, extra="ignore"
+    )
 
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         description="Redis for the job registry and live events; broker and result backend "
         "unless BROKER_URL / RESULT_BACKEND are given.",
     )
-    broker_url: str | None = Field(default=None, description="Celery broker (defaults to REDIS_URL).")
+    broker_url: str | None = Field(
+        default=None, description="Celery broker (defaults to REDIS_URL)."
+    )
     result_backend: str | None = Field(
         default=None, description="Celery result backend (defaults to REDIS_URL)."
     )
@@ -28,7 +32,9 @@ class CommonSettings(BaseSettings):
         default=86400, ge=60, description="Seconds a job and its results are kept."
     )
     max_prompt_chars: int = Field(default=8000, ge=1, description="Longest prompt accepted.")
-    max_new_tokens: int = Field(default=512, ge=1, description="Most tokens one generation may ask for.")
+    max_new_tokens: int = Field(
+        default=512, ge=1, description="Most tokens one generation may ask for."
+    )
     max_delay_seconds: int | None = Field(
         default=None,
         description="Longest delay_seconds accepted; defaults to just under VISIBILITY_TIMEOUT "

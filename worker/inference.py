@@ -2,11 +2,17 @@
 
 import secrets
 from dataclasses import dataclass
+from typing import Any, Literal, cast
 
 import torch
 
 from contracts.schemas import GenerateOutput
 from worker.models import LoadedModel
+
+
+def _generative(loaded: LoadedModel) -> Any:
+    """The model, for ``generate``: transformers' own annotations of it do not type-check."""
+    return loaded.model
 
 
 @dataclass(frozen=True)
@@ -26,14 +32,12 @@ def generate_text(
 ) -> GenerateOutput:
     """Continue ``prompt``; when prompt and continuation outgrow the context window, the
     oldest tokens are dropped from what the model sees (never an error)."""
-    tokenizer, model = loaded.tokenizer, loaded.model
-    prompt_ids: list[int] = tokenizer(prompt, add_special_tokens=False, verbose=False)[
-        "input_ids"
-    ]
+    tokenizer, model = loaded.tokenizer, _generative(loaded)
+    prompt_ids: list[int] = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
     window = loaded.context_window
     eos_id = tokenizer.eos_token_id
     generated: list[int] = []
-    finish_reason = "length"
+    finish_reason: Literal["length", "stop"] = "length"
     seen_prompt_tokens = 0
     with loaded.lock, torch.inference_mode():
         torch.manual_seed(seed if seed is not None else secrets.randbits(32))
@@ -65,7 +69,7 @@ def generate_text(
     return GenerateOutput(
         text=tokenizer.decode(generated, skip_special_tokens=True),
         tokens=len(generated),
-        finish_reason=finish_reason,  # type: ignore[arg-type]
+        finish_reason=finish_reason,
         prompt_tokens=seen_prompt_tokens,
         model=loaded.name,
     )
@@ -84,7 +88,7 @@ def classify(loaded: LoadedModel, texts: list[str]) -> list[Sentiment]:
     with loaded.lock, torch.inference_mode():
         probabilities = model(**encoded).logits.float().softmax(dim=-1)
     scores, indices = probabilities.max(dim=-1)
-    labels = model.config.id2label
+    labels = cast(dict[int, str], model.config.id2label)
     return [
         Sentiment(label=labels[int(index)], score=float(score))
         for score, index in zip(scores, indices, strict=True)
@@ -93,7 +97,7 @@ def classify(loaded: LoadedModel, texts: list[str]) -> list[Sentiment]:
 
 def summarize(loaded: LoadedModel, *, text: str, min_new_tokens: int, max_new_tokens: int) -> str:
     """Summarize with the seq2seq model's own ``generate`` (transformers 5 has no pipeline)."""
-    tokenizer, model = loaded.tokenizer, loaded.model
+    tokenizer, model = loaded.tokenizer, _generative(loaded)
     encoded = tokenizer(
         text,
         truncation=True,

@@ -27,7 +27,7 @@ return 0
 
 
 @lru_cache
-def _redis() -> redis.Redis:
+def _redis() -> "redis.Redis[bytes]":
     return redis.Redis.from_url(
         get_settings().redis_url, socket_connect_timeout=5, socket_timeout=5
     )

@@ -18,7 +18,6 @@ from worker.config import get_settings
 from worker.errors import InvalidInput
 from worker.models import ModelRole, get_registry
 
-
 T = TypeVar("T", bound=BaseModel)
 
 

@@ -39,7 +39,7 @@ from transformers import (
 logger = logging.getLogger(__name__)
 
 #: Bump when the recipe changes: the cache folder name depends on it.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 SEED = 1234
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -157,7 +157,9 @@ def _wrap(tokenizer: Tokenizer, *, with_special: bool, max_length: int) -> PreTr
     )
 
 
-def _train(model: PreTrainedModel, batches: Iterator[dict[str, torch.Tensor]], steps: int, lr: float) -> None:
+def _train(
+    model: PreTrainedModel, batches: Iterator[dict[str, torch.Tensor]], steps: int, lr: float
+) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     model.train()
@@ -252,8 +254,6 @@ def _build_summarizer(tokenizer: Tokenizer) -> tuple[PreTrainedModel, PreTrained
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
         decoder_start_token_id=EOS_ID,
-        forced_bos_token_id=BOS_ID,
-        forced_eos_token_id=EOS_ID,
     )
     model = BartForConditionalGeneration(config)
     sentences = [
@@ -273,6 +273,8 @@ def _build_summarizer(tokenizer: Tokenizer) -> tuple[PreTrainedModel, PreTrained
             }
 
     _train(model, batches(), steps=300, lr=3e-3)
+    model.generation_config.forced_bos_token_id = BOS_ID
+    model.generation_config.forced_eos_token_id = EOS_ID
     model.generation_config.max_new_tokens = 48
     model.generation_config.no_repeat_ngram_size = 3
     model.generation_config.repetition_penalty = 1.3
@@ -283,7 +285,9 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, help="build into this folder (default: the model cache)")
+    parser.add_argument(
+        "--out", type=Path, help="build into this folder (default: the model cache)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.out:

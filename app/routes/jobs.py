@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 LIST_SCAN_PAGES = 10
 
-PROBLEM = {"content": {"application/problem+json": {}}}
+PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 EXAMPLES: dict[str, Any] = {
     "generate": {
         "summary": "Generate text",
@@ -89,7 +89,9 @@ async def create_job(
     return public
 
 
-@router.get("/{job_id}", responses={404: PROBLEM | {"description": "Unknown, expired or not yours"}})
+@router.get(
+    "/{job_id}", responses={404: PROBLEM | {"description": "Unknown, expired or not yours"}}
+)
 async def read_job(job_id: str, request: Request, owner: OwnerDep, store: StoreDep) -> JobPublic:
     """The job: status, progress of each step, output or error."""
     return _public(request, await store.get(job_id, owner))
@@ -123,7 +125,9 @@ async def list_jobs(
         for job in jobs:
             position = encode_cursor(score_of(job.record.created_at), job.record.id)
             public = _public(request, job)
-            if (status is None or public.status is status) and (kind is None or public.kind is kind):
+            if (status is None or public.status is status) and (
+                kind is None or public.kind is kind
+            ):
                 items.append(public)
                 if len(items) == limit:
                     return JobPage(items=items, next_cursor=position)

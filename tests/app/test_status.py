@@ -50,7 +50,11 @@ def test_job_status_aggregates_steps():
 def test_a_task_that_raised_is_failed_with_its_error_not_completed():
     meta = {
         "status": "FAILURE",
-        "result": {"exc_type": "RuntimeError", "exc_message": ["CUDA is on fire"], "exc_module": "builtins"},
+        "result": {
+            "exc_type": "RuntimeError",
+            "exc_message": ["CUDA is on fire"],
+            "exc_module": "builtins",
+        },
         "date_done": DONE,
     }
     job = build_job(RECORD, [meta], started_at=None, attempts={"task-1": 1}, urls=URLS)
@@ -65,7 +69,13 @@ def test_a_task_that_raised_is_failed_with_its_error_not_completed():
 def test_a_succeeded_job_carries_its_output():
     meta = {
         "status": "SUCCESS",
-        "result": {"text": " there", "tokens": 1, "finish_reason": "length", "prompt_tokens": 1, "model": "tiny"},
+        "result": {
+            "text": " there",
+            "tokens": 1,
+            "finish_reason": "length",
+            "prompt_tokens": 1,
+            "model": "tiny",
+        },
         "date_done": DONE,
     }
     job = build_job(RECORD, [meta], started_at=None, attempts={}, urls=URLS)

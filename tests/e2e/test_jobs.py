@@ -111,7 +111,10 @@ def test_a_delay_beyond_the_visibility_timeout_is_refused(client: httpx.Client):
 
 
 def test_list_jobs_newest_first_with_filters_and_cursor(client: httpx.Client):
-    ids = [submit(client, input={"prompt": f"List {i}", "max_new_tokens": 2}).json()["id"] for i in range(3)]
+    ids = [
+        submit(client, input={"prompt": f"List {i}", "max_new_tokens": 2}).json()["id"]
+        for i in range(3)
+    ]
     failed = submit(client, input={"prompt": "FAULT: listed"}).json()["id"]
     for job_id in [*ids, failed]:
         wait_for_job(client, job_id)
@@ -151,14 +154,22 @@ def test_tasks_are_plain_celery_tasks_from_a_python_shell(stack_env: dict[str, s
         "print(result.get(timeout=60)['tokens'])\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=stack_env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=stack_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "8"
 
 
 def test_the_api_imports_neither_torch_nor_transformers():
-    code = "import sys, app.main; print(sorted({'torch', 'transformers', 'worker.tasks'} & set(sys.modules)))"
+    code = (
+        "import sys, app.main\n"
+        "print(sorted({'torch', 'transformers', 'worker.tasks'} & set(sys.modules)))"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True
     )
