@@ -1,4 +1,4 @@
-"""Worker settings: which models, on which device, how to batch."""
+"""Worker settings: which models, on which device, how many tasks at once."""
 
 from functools import lru_cache
 from pathlib import Path
@@ -15,12 +15,6 @@ class WorkerSettings(CommonSettings):
     summarizer_model: str = Field(default="tiny", description="Seq2seq model for summaries.")
     classifier_model: str = Field(default="tiny", description="Sentiment classifier.")
     device: str = Field(default="auto", description="`auto`, `cpu` or `cuda:N`.")
-    batch_max_size: int = Field(
-        default=16, ge=1, description="Most requests in one forward pass; 1 turns batching off."
-    )
-    batch_wait_ms: float = Field(
-        default=5.0, ge=0, description="How long a batch waits for company before it runs."
-    )
     worker_concurrency: int = Field(
         default=16, ge=1, description="Tasks a worker runs at once (threads)."
     )

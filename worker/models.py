@@ -130,3 +130,21 @@ class ModelRegistry:
 def get_registry() -> ModelRegistry:
     """The process-wide registry: one copy of each model per worker process."""
     return ModelRegistry(get_settings())
+
+
+if __name__ == "__main__":
+    # `python -m worker.models`: fetch (or build) and load every configured model once, as
+    # Dockerfile.worker does at build time to bake the weights into the image.
+    import json
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    registry = get_registry()
+    report = {}
+    for role in ModelRole:
+        loaded = registry.get(role)
+        report[role.value] = {
+            "model": loaded.name,
+            "device": str(loaded.device),
+            "load_seconds": round(loaded.load_seconds, 3),
+        }
+    print(json.dumps(report, indent=2))

@@ -16,7 +16,6 @@ class ApiSettings(CommonSettings):
     redis_timeout: float = Field(
         default=2.0, gt=0, description="Seconds to wait for Redis before answering 503."
     )
-    list_limit_max: int = Field(default=100, ge=1, description="Largest page of GET /v1/jobs.")
 
     @cached_property
     def key_owners(self) -> dict[str, str]:
