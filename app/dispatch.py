@@ -1,4 +1,4 @@
-"""From an accepted job to Celery messages: freeze each step's task id, then send by name.
+"""From an accepted job to Celery messages, and back out again when it is canceled.
 
 The API never imports ``worker.tasks``: it sends signatures by their registered names
 with the shared Celery configuration, so it carries no torch.
@@ -6,59 +6,53 @@ with the shared Celery configuration, so it carries no torch.
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from app import workflows
 from app.errors import BrokerUnavailable
-from contracts.celery_config import broker_priority
-from contracts.jobs import JOB_ID_HEADER, GenerateJobCreate, JobRecord, StepRecord
-from contracts.names import JobKind, TaskName
-
-#: Bounded: a broker that is down answers 503 in about a second, not after minutes.
-PUBLISH_RETRY_POLICY = {
-    "max_retries": 2,
-    "interval_start": 0,
-    "interval_step": 0.2,
-    "interval_max": 0.5,
-}
-
-JobCreate = GenerateJobCreate
-
-_STEPS: dict[str, list[tuple[str, TaskName]]] = {
-    JobKind.GENERATE: [("generate", TaskName.GENERATE)],
-}
+from contracts.jobs import JobCreate, JobRecord
+from contracts.names import JobKind
 
 
 def new_record(job: JobCreate, owner: str) -> JobRecord:
     now = datetime.now(UTC)
+    kind = JobKind(job.kind)
+    job_input = job.input.model_dump()
     return JobRecord(
         id=str(uuid.uuid4()),
-        kind=job.kind,
+        kind=kind,
         owner=owner,
-        input=job.input.model_dump(),
+        input=job_input,
         priority=job.priority,
         created_at=now,
         not_before=now + timedelta(seconds=job.delay_seconds) if job.delay_seconds else None,
         expires_at=now + timedelta(seconds=job.expires_in) if job.expires_in else None,
-        steps=[StepRecord(name=name, task_id=str(uuid.uuid4())) for name, _ in _STEPS[job.kind]],
+        steps=workflows.new_steps(kind, job_input),
     )
 
 
 def send(celery: Celery, record: JobRecord) -> None:
-    """Publish the job's first step. Blocking (kombu): call it from a worker thread."""
-    (_, task_name), step = _STEPS[record.kind][0], record.steps[0]
+    """Publish the job's canvas. Blocking (kombu): call it from a worker thread."""
     try:
-        celery.send_task(
-            task_name,
-            kwargs=record.input,
-            task_id=step.task_id,
-            priority=broker_priority(record.priority, celery.conf.broker_url),
-            eta=record.not_before,
-            expires=record.expires_at,
-            headers={JOB_ID_HEADER: record.id},
-            retry=True,
-            retry_policy=PUBLISH_RETRY_POLICY,
-        )
+        workflows.canvas(celery, record).apply_async()
+    except OperationalError as error:
+        raise BrokerUnavailable(f"The broker is unreachable: {error}") from error
+
+
+def revoke(celery: Celery, record: JobRecord, metas: list[dict[str, Any] | None]) -> None:
+    """Revoke every step at once; steps no worker has started are marked revoked right away.
+
+    A running step is not terminated (that does not work in a threads pool): it sees the
+    job's cancellation flag at its next token and records its own end.
+    """
+    task_ids = [step.task_id for step in record.steps]
+    try:
+        celery.control.revoke(task_ids)
+        for task_id, meta in zip(task_ids, metas, strict=True):
+            if meta is None or meta.get("status") == "PENDING":
+                celery.backend.mark_as_revoked(task_id, "canceled by the client")
     except OperationalError as error:
         raise BrokerUnavailable(f"The broker is unreachable: {error}") from error

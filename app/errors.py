@@ -34,6 +34,16 @@ class JobNotFound(ProblemError):
         super().__init__(f"No job {job_id!r} (unknown, expired, or not yours).")
 
 
+class JobFinished(ProblemError):
+    status = 409
+    title = "Job already finished"
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(
+            f"Job {job_id!r} is {status}; only a queued or running job can be canceled."
+        )
+
+
 class InputRejected(ProblemError):
     """Input that the schema allows but a configured bound does not."""
 

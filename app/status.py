@@ -1,14 +1,16 @@
 """From Celery task states to job statuses, and from a job's records to what clients see.
 
 Celery's result backend keeps one meta document per task; the job registry keeps what
-Celery does not know (kind, owner, steps, start time, attempts). This module joins the
-two. The order of checks matters: a FAILURE is *ready* too, so failure is decided first
-(the guide reported failed tasks as completed with the exception as their result).
+Celery does not know (kind, owner, steps, start time, attempts, cancellation). This module
+joins the two. The order of checks matters: a FAILURE is *ready* too, so failure is
+decided before success (the guide reported failed tasks as completed, with the exception
+as their result).
 """
 
 from datetime import datetime
 from typing import Any
 
+from app.workflows import output_of, progress_unit
 from contracts.jobs import (
     JobError,
     JobPublic,
@@ -18,7 +20,6 @@ from contracts.jobs import (
     Progress,
     StepPublic,
 )
-from contracts.schemas import GenerateOutput
 
 CELERY_STATES: dict[str, JobStatus] = {
     "PENDING": JobStatus.QUEUED,
@@ -31,21 +32,39 @@ CELERY_STATES: dict[str, JobStatus] = {
     "REJECTED": JobStatus.FAILED,
     "REVOKED": JobStatus.CANCELED,
 }
+#: Celery's reason when a worker drops a message whose ``expires`` has passed.
+EXPIRED_REASON = "expired"
 
 TaskMeta = dict[str, Any]
+
+
+def _exception(meta: TaskMeta) -> tuple[str, str] | None:
+    """The exception a task raised (or was revoked with), as the JSON result backend keeps it."""
+    result = meta.get("result")
+    if not isinstance(result, dict) or "exc_type" not in result:
+        return None
+    message = result.get("exc_message")
+    if isinstance(message, list | tuple):
+        message = " ".join(str(part) for part in message)
+    return str(result["exc_type"]), str(message or "")
 
 
 def step_status(meta: TaskMeta | None) -> JobStatus:
     """A step without meta has not started: Celery writes nothing until a worker takes it."""
     if meta is None:
         return JobStatus.QUEUED
-    return CELERY_STATES.get(str(meta.get("status")), JobStatus.QUEUED)
+    status = CELERY_STATES.get(str(meta.get("status")), JobStatus.QUEUED)
+    if status is JobStatus.CANCELED and (_exception(meta) or ("", ""))[1] == EXPIRED_REASON:
+        return JobStatus.EXPIRED
+    return status
 
 
 def job_status(steps: list[JobStatus]) -> JobStatus:
-    for final in (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED):
-        if final in steps:
-            return final
+    if JobStatus.FAILED in steps:
+        return JobStatus.FAILED
+    for ended in (JobStatus.EXPIRED, JobStatus.CANCELED):
+        if ended in steps:
+            return ended
     if all(status is JobStatus.SUCCEEDED for status in steps):
         return JobStatus.SUCCEEDED
     if any(status in {JobStatus.RUNNING, JobStatus.SUCCEEDED} for status in steps):
@@ -54,14 +73,10 @@ def job_status(steps: list[JobStatus]) -> JobStatus:
 
 
 def task_error(meta: TaskMeta) -> JobError:
-    """The exception a task raised, as Celery's JSON result backend stores it."""
-    result = meta.get("result")
-    if isinstance(result, dict) and "exc_type" in result:
-        message = result.get("exc_message")
-        if isinstance(message, list | tuple):
-            message = " ".join(str(part) for part in message)
-        return JobError(type=str(result["exc_type"]), message=str(message or ""))
-    return JobError(type="TaskFailed", message=str(result or meta.get("status")))
+    exception = _exception(meta)
+    if exception is None:
+        return JobError(type="TaskFailed", message=str(meta.get("result") or meta.get("status")))
+    return JobError(type=exception[0], message=exception[1])
 
 
 def task_progress(meta: TaskMeta | None) -> Progress | None:
@@ -84,30 +99,53 @@ def build_job(
     *,
     started_at: datetime | None,
     attempts: dict[str, int],
+    canceled_at: datetime | None,
+    now: datetime,
     urls: JobUrls,
 ) -> JobPublic:
     statuses = [step_status(meta) for meta in metas]
+    never_started = started_at is None and all(s is JobStatus.QUEUED for s in statuses)
+    if canceled_at is not None and JobStatus.FAILED not in statuses:
+        # The client's word is final: steps that had not finished end canceled with it.
+        statuses = [s if s is JobStatus.SUCCEEDED else JobStatus.CANCELED for s in statuses]
+    elif never_started and record.expires_at is not None and now >= record.expires_at:
+        statuses = [JobStatus.EXPIRED] * len(statuses)
     status = job_status(statuses)
+
     steps = [
-        StepPublic(name=step.name, status=step_status(meta), progress=task_progress(meta))
-        for step, meta in zip(record.steps, metas, strict=True)
+        StepPublic(name=step.name, status=step_status_, progress=task_progress(meta))
+        for step, step_status_, meta in zip(record.steps, statuses, metas, strict=True)
     ]
     current = next(
         (i for i, s in enumerate(statuses) if s is not JobStatus.SUCCEEDED), len(statuses) - 1
     )
-    output = error = finished_at = None
+    # A single step reports its own progress (chunks, tokens) while it runs; otherwise the
+    # job counts its finished steps ("3 of 5 variations done").
+    progress = steps[0].progress if len(steps) == 1 else None
+    if progress is None:
+        done = statuses.count(JobStatus.SUCCEEDED)
+        unit = progress_unit(record.kind)
+        progress = Progress(
+            current=done, total=len(steps), message=f"{done} of {len(steps)} {unit} done"
+        )
+
+    output = error = None
+    finished_at = max(filter(None, map(_done_at, metas)), default=None) if status.finished else None
     if status is JobStatus.SUCCEEDED:
-        final = metas[-1]
-        assert final is not None
-        output = GenerateOutput.model_validate(final["result"])
-        finished_at = max(filter(None, map(_done_at, metas)), default=None)
+        output = output_of(record.kind, record.input, [meta["result"] for meta in metas if meta])
     elif status is JobStatus.FAILED:
-        failed_meta = metas[statuses.index(JobStatus.FAILED)]
-        assert failed_meta is not None
-        error = task_error(failed_meta)
-        finished_at = _done_at(failed_meta)
-    elif status.finished:
-        finished_at = max(filter(None, map(_done_at, metas)), default=None)
+        failed = metas[statuses.index(JobStatus.FAILED)]
+        assert failed is not None
+        error = task_error(failed)
+        finished_at = _done_at(failed)
+    elif status is JobStatus.CANCELED:
+        revoked = [_exception(m) for m in metas if m and step_status(m) is JobStatus.CANCELED]
+        reason = next((exc[1] for exc in revoked if exc and exc[1]), "canceled by the client")
+        error = JobError(type="canceled", message=reason)
+        finished_at = max(filter(None, [finished_at, canceled_at]))
+    elif status is JobStatus.EXPIRED:
+        error = JobError(type="expired", message="not started before it expired")
+        finished_at = finished_at or record.expires_at
     return JobPublic(
         id=record.id,
         kind=record.kind,
@@ -116,7 +154,7 @@ def build_job(
         created_at=record.created_at,
         started_at=started_at,
         finished_at=finished_at,
-        progress=task_progress(metas[current]),
+        progress=progress,
         steps=steps,
         output=output,
         error=error,

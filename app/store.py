@@ -14,11 +14,13 @@ from typing import Any
 from app.core.redis import AsyncRedis
 from app.errors import JobNotFound
 from contracts.jobs import (
+    CANCELED_AT_FIELD,
     RECORD_FIELD,
     STARTED_AT_FIELD,
     JobRecord,
     job_key,
     owner_index_key,
+    task_key,
 )
 
 CELERY_META_PREFIX = "celery-task-meta-"
@@ -29,6 +31,7 @@ ATTEMPTS_PREFIX = "attempts:"
 class StoredJob:
     record: JobRecord
     started_at: datetime | None
+    canceled_at: datetime | None
     attempts: dict[str, int]
     metas: list[dict[str, Any] | None]
 
@@ -62,6 +65,8 @@ class JobStore:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, RECORD_FIELD, record.model_dump_json())
             pipe.expire(key, self._ttl)
+            for step in record.steps:
+                pipe.set(task_key(step.task_id), record.id, ex=self._ttl)
             pipe.zadd(index, {record.id: score_of(record.created_at)})
             pipe.zremrangebyscore(index, "-inf", horizon)
             pipe.expire(index, self._ttl)
@@ -70,9 +75,15 @@ class JobStore:
     async def discard(self, record: JobRecord) -> None:
         """Forget a job that was never handed to the broker."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(job_key(record.id))
+            pipe.delete(job_key(record.id), *(task_key(step.task_id) for step in record.steps))
             pipe.zrem(owner_index_key(record.owner), record.id)
             await pipe.execute()
+
+    async def cancel(self, record: JobRecord) -> None:
+        """Flag the job canceled; workers read the flag before each step and while generating."""
+        await self._redis.hsetnx(
+            job_key(record.id), CANCELED_AT_FIELD, datetime.now(UTC).isoformat()
+        )
 
     async def get(self, job_id: str, owner: str) -> StoredJob:
         jobs = await self._load([job_id])
@@ -114,26 +125,36 @@ class JobStore:
             for job_id in job_ids:
                 pipe.hgetall(job_key(job_id))
             hashes: list[dict[bytes, bytes]] = await pipe.execute()
-        partial: list[tuple[JobRecord, datetime | None, dict[str, int]]] = []
+        partial: list[tuple[JobRecord, datetime | None, datetime | None, dict[str, int]]] = []
         for fields in hashes:
             if RECORD_FIELD.encode() not in fields:
                 continue  # expired (or a stray stamp): as good as unknown
             record = JobRecord.model_validate_json(fields[RECORD_FIELD.encode()])
-            started = fields.get(STARTED_AT_FIELD.encode())
             attempts = {
                 name.decode().removeprefix(ATTEMPTS_PREFIX): int(value)
                 for name, value in fields.items()
                 if name.startswith(ATTEMPTS_PREFIX.encode())
             }
             partial.append(
-                (record, datetime.fromisoformat(started.decode()) if started else None, attempts)
+                (
+                    record,
+                    _moment(fields.get(STARTED_AT_FIELD.encode())),
+                    _moment(fields.get(CANCELED_AT_FIELD.encode())),
+                    attempts,
+                )
             )
-        task_ids = [step.task_id for record, _, _ in partial for step in record.steps]
+        task_ids = [step.task_id for record, *_ in partial for step in record.steps]
         raw_metas = (
             await self._results.mget([CELERY_META_PREFIX + t for t in task_ids]) if task_ids else []
         )
         metas = iter(json.loads(raw) if raw else None for raw in raw_metas)
         return {
-            record.id: StoredJob(record, started, attempts, [next(metas) for _ in record.steps])
-            for record, started, attempts in partial
+            record.id: StoredJob(
+                record, started, canceled, attempts, [next(metas) for _ in record.steps]
+            )
+            for record, started, canceled, attempts in partial
         }
+
+
+def _moment(value: bytes | None) -> datetime | None:
+    return datetime.fromisoformat(value.decode()) if value else None

@@ -56,6 +56,14 @@ def celery_config(settings: CommonSettings) -> dict[str, Any]:
         "result_expires": settings.result_expires,
         "result_extended": True,
         "broker_connection_retry_on_startup": True,
+        # Bounded: a broker that is down answers 503 in about a second, not after minutes.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout,
             "priority_steps": list(range(PRIORITY_LEVELS)),

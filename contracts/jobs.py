@@ -8,7 +8,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.celery_config import DEFAULT_PRIORITY, PRIORITY_LEVELS
 from contracts.names import JobKind
-from contracts.schemas import GenerateInput, GenerateOutput
+from contracts.schemas import (
+    DocumentInput,
+    GenerateInput,
+    JobOutput,
+    LongTextInput,
+    ReplyInput,
+    SentimentInput,
+    StoryInput,
+    SummarizeInput,
+    VariationsInput,
+)
 
 
 class JobStatus(StrEnum):
@@ -39,22 +49,73 @@ class JobOptions(BaseModel):
     )
 
 
-class GenerateJobCreate(JobOptions):
-    """Generate text from a prompt."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"kind": "generate", "input": {"prompt": "Once upon a time", "max_new_tokens": 40}}
-            ]
-        }
-    )
+class GenerateJob(JobOptions):
+    """Generate text from a prompt (one task)."""
 
     kind: Literal["generate"]
     input: GenerateInput
 
 
-JobCreate = Annotated[GenerateJobCreate, Field(discriminator="kind")]
+class LongTextJob(JobOptions):
+    """Write a long text chunk by chunk, with progress per chunk (one task)."""
+
+    kind: Literal["long_text"]
+    input: LongTextInput
+
+
+class SummarizeJob(JobOptions):
+    """Summarize a text (one task)."""
+
+    kind: Literal["summarize"]
+    input: SummarizeInput
+
+
+class SentimentJob(JobOptions):
+    """Classify a text's sentiment (one task)."""
+
+    kind: Literal["sentiment"]
+    input: SentimentInput
+
+
+class StoryJob(JobOptions):
+    """Outline → expand → dialogue (a chain)."""
+
+    kind: Literal["story"]
+    input: StoryInput
+
+
+class VariationsJob(JobOptions):
+    """One generation per temperature, in parallel (a group)."""
+
+    kind: Literal["variations"]
+    input: VariationsInput
+
+
+class DocumentJob(JobOptions):
+    """Summary, sentiment and key points in parallel, then combined (a chord)."""
+
+    kind: Literal["document"]
+    input: DocumentInput
+
+
+class ReplyJob(JobOptions):
+    """Sentiment → three tone variants in parallel → ranked (a chain into a chord)."""
+
+    kind: Literal["reply"]
+    input: ReplyInput
+
+
+JobCreate = Annotated[
+    GenerateJob
+    | LongTextJob
+    | SummarizeJob
+    | SentimentJob
+    | StoryJob
+    | VariationsJob
+    | DocumentJob
+    | ReplyJob,
+    Field(discriminator="kind"),
+]
 
 
 class Progress(BaseModel):
@@ -91,7 +152,7 @@ class JobPublic(BaseModel):
     finished_at: datetime | None = None
     progress: Progress | None = None
     steps: list[StepPublic]
-    output: GenerateOutput | None = None
+    output: JobOutput | None = Field(default=None, description="The kind's output, once succeeded.")
     error: JobError | None = None
     attempts: int = Field(description="Tries of the current step so far (retries included).")
     urls: JobUrls
@@ -123,11 +184,9 @@ class JobRecord(BaseModel):
     steps: list[StepRecord]
 
 
-# Redis keys of the job registry, shared by the API (writes records) and the worker
-# (stamps start times and attempts).
+# Redis keys of the job registry, shared by the API (writes records, flags cancellation)
+# and the worker (stamps start times and attempts, reads the cancellation flag).
 JOB_KEY_PREFIX = "llm_tasks:job:"
-#: Celery header that carries the job id to the worker.
-JOB_ID_HEADER = "llm_job_id"
 
 
 def job_key(job_id: str) -> str:
@@ -138,9 +197,15 @@ def owner_index_key(owner: str) -> str:
     return f"llm_tasks:owner:{owner}:jobs"
 
 
+def task_key(task_id: str) -> str:
+    """Which job a Celery task belongs to, for the worker that runs it."""
+    return f"llm_tasks:task:{task_id}"
+
+
 def attempts_field(task_id: str) -> str:
     return f"attempts:{task_id}"
 
 
 STARTED_AT_FIELD = "started_at"
+CANCELED_AT_FIELD = "canceled_at"
 RECORD_FIELD = "record"

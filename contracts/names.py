@@ -7,6 +7,16 @@ class TaskName(StrEnum):
     """Registered Celery task names. The API sends signatures by these names only."""
 
     GENERATE = "llm_tasks.generate"
+    LONG_TEXT = "llm_tasks.long_text"
+    SUMMARIZE = "llm_tasks.summarize"
+    SENTIMENT = "llm_tasks.sentiment"
+    STORY_OUTLINE = "llm_tasks.story.outline"
+    STORY_EXPAND = "llm_tasks.story.expand"
+    STORY_DIALOGUE = "llm_tasks.story.dialogue"
+    DOCUMENT_COMBINE = "llm_tasks.document.combine"
+    REPLY_ANALYZE = "llm_tasks.reply.analyze"
+    REPLY_VARIANT = "llm_tasks.reply.variant"
+    REPLY_RANK = "llm_tasks.reply.rank"
 
 
 class QueueName(StrEnum):
@@ -22,8 +32,25 @@ class JobKind(StrEnum):
     """What a client can ask for at POST /v1/jobs."""
 
     GENERATE = "generate"
+    LONG_TEXT = "long_text"
+    SUMMARIZE = "summarize"
+    SENTIMENT = "sentiment"
+    STORY = "story"
+    VARIATIONS = "variations"
+    DOCUMENT = "document"
+    REPLY = "reply"
 
 
 TASK_QUEUES: dict[TaskName, QueueName] = {
     TaskName.GENERATE: QueueName.GENERATE,
+    TaskName.LONG_TEXT: QueueName.GENERATE,
+    TaskName.SUMMARIZE: QueueName.SUMMARIZE,
+    TaskName.SENTIMENT: QueueName.CLASSIFY,
+    TaskName.STORY_OUTLINE: QueueName.GENERATE,
+    TaskName.STORY_EXPAND: QueueName.GENERATE,
+    TaskName.STORY_DIALOGUE: QueueName.GENERATE,
+    TaskName.DOCUMENT_COMBINE: QueueName.DEFAULT,
+    TaskName.REPLY_ANALYZE: QueueName.CLASSIFY,
+    TaskName.REPLY_VARIANT: QueueName.GENERATE,
+    TaskName.REPLY_RANK: QueueName.CLASSIFY,
 }

@@ -1,42 +1,188 @@
-"""Payloads and results of each task, validated on both sides of the queue."""
+"""Payloads and results of each job kind, validated on both sides of the queue.
 
-from typing import Literal
+Hard ceilings live in the field types; settings narrow them further: a field annotated
+with :class:`Bound` may not exceed the named setting (:func:`limit_violations`), checked
+by the API on submit and again by the worker on receipt.
+"""
 
-from pydantic import BaseModel, ConfigDict, Field
+from dataclasses import dataclass
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contracts.settings import CommonSettings
 
-#: Hard ceilings whatever the settings say; settings narrow them (:func:`limit_violations`).
 PROMPT_CHARS_CEILING = 100_000
+TEXT_CHARS_CEILING = 200_000
 NEW_TOKENS_CEILING = 4096
 
 
-class GenerateInput(BaseModel):
+@dataclass(frozen=True)
+class Bound:
+    """The field (its value, or its length for text and lists) may not exceed this setting."""
+
+    setting: str
+
+
+Prompt = Annotated[
+    str, Field(min_length=1, max_length=PROMPT_CHARS_CEILING), Bound("max_prompt_chars")
+]
+Text = Annotated[str, Field(min_length=1, max_length=TEXT_CHARS_CEILING), Bound("max_text_chars")]
+NewTokens = Annotated[int, Field(ge=1, le=NEW_TOKENS_CEILING), Bound("max_new_tokens")]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+_TEMPERATURE_DOC = "Sampling temperature; 0 decodes greedily."
+_SEED_DOC = "Fixes the sampling: the same seed gives the same text."
+
+
+class Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- inputs -----------------------------------------------------------------------------
+
+
+class GenerateInput(Schema):
     """Continue a prompt with the generator model."""
 
     model_config = ConfigDict(
-        extra="forbid",
+        json_schema_extra={"examples": [{"prompt": "Once upon a time", "max_new_tokens": 40}]}
+    )
+
+    prompt: Prompt = Field(description="Text to continue.")
+    max_new_tokens: NewTokens = Field(default=64, description="Tokens to generate at most.")
+    temperature: Temperature = Field(default=0.8, description=_TEMPERATURE_DOC)
+    top_p: TopP = Field(default=0.95, description="Nucleus sampling mass.")
+    seed: Seed | None = Field(default=None, description=_SEED_DOC)
+
+
+class LongTextInput(Schema):
+    """Write a long text in chunks, reporting progress after each one."""
+
+    model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"prompt": "Once upon a time", "max_new_tokens": 40, "temperature": 0.8}]
-        },
+            "examples": [{"prompt": "The crew woke", "chunks": 4, "chunk_tokens": 48}]
+        }
     )
 
-    prompt: str = Field(
-        min_length=1, max_length=PROMPT_CHARS_CEILING, description="Text to continue."
+    prompt: Prompt = Field(description="Text to continue.")
+    chunks: Annotated[int, Field(ge=1, le=64), Bound("max_chunks")] = Field(
+        default=4, description="Chunks to write."
     )
-    max_new_tokens: int = Field(
-        default=64, ge=1, le=NEW_TOKENS_CEILING, description="Tokens to generate at most."
+    chunk_tokens: NewTokens = Field(default=48, description="Tokens per chunk.")
+    temperature: Temperature = Field(default=0.8, description=_TEMPERATURE_DOC)
+    top_p: TopP = Field(default=0.95, description="Nucleus sampling mass.")
+    seed: Seed | None = Field(default=None, description=_SEED_DOC)
+
+
+class SummarizeInput(Schema):
+    """Summarize a text with the seq2seq model."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "text": "The city council approved a plan to build new bike lanes downtown. "
+                    "Work will start in the spring and last about six months.",
+                    "max_new_tokens": 40,
+                }
+            ]
+        }
     )
-    temperature: float = Field(
-        default=0.8, ge=0.0, le=2.0, description="Sampling temperature; 0 decodes greedily."
+
+    text: Text = Field(description="Text to summarize.")
+    min_new_tokens: Annotated[int, Field(ge=0, le=NEW_TOKENS_CEILING)] = Field(
+        default=5, description="Tokens the summary has at least."
     )
-    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    seed: int | None = Field(
-        default=None, ge=0, le=2**32 - 1, description="Fixes the sampling for reproducible output."
+    max_new_tokens: NewTokens = Field(default=60, description="Tokens the summary has at most.")
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> Self:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError("min_new_tokens must not exceed max_new_tokens")
+        return self
+
+
+class SentimentInput(Schema):
+    """Classify a text as POSITIVE or NEGATIVE."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "I love this product!"}]})
+
+    text: Text = Field(description="Text to classify.")
+
+
+class StoryStepOptions(Schema):
+    """How each step of a story generates."""
+
+    max_new_tokens: NewTokens = Field(default=48, description="Tokens each step writes.")
+    temperature: Temperature = Field(default=0.8, description=_TEMPERATURE_DOC)
+    seed: Seed | None = Field(default=None, description=_SEED_DOC)
+
+
+class StoryInput(StoryStepOptions):
+    """A chain of three generations: outline → expanded story → dialogue."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"topic": "space adventure"}]})
+
+    topic: Annotated[str, Field(min_length=1, max_length=500)] = Field(description="What about.")
+
+
+class VariationsInput(Schema):
+    """The same prompt generated in parallel at several temperatures."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"prompt": "The weather today", "temperatures": [0.5, 0.9, 1.3]}]
+        }
+    )
+
+    prompt: Prompt = Field(description="Text to continue.")
+    temperatures: Annotated[
+        list[Temperature], Field(min_length=1, max_length=16), Bound("max_variations")
+    ] = Field(default=[0.5, 0.7, 0.9, 1.1, 1.3], description="One variation per temperature.")
+    max_new_tokens: NewTokens = Field(default=40, description="Tokens each variation writes.")
+    seed: Seed | None = Field(default=None, description=_SEED_DOC)
+
+
+class DocumentInput(Schema):
+    """A chord: summary, sentiment and key points in parallel, then combined."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "text": "The new library opened on Monday with thousands of books. "
+                    "Families came early and stayed until the evening."
+                }
+            ]
+        }
+    )
+
+    text: Text = Field(description="The document.")
+    max_new_tokens: NewTokens = Field(
+        default=48, description="Tokens the summary and the key points have at most."
     )
 
 
-class GenerateOutput(BaseModel):
+class ReplyInput(Schema):
+    """Sentiment → three replies in tones chosen by it, in parallel → the best one."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"message": "I'm frustrated with this!"}]}
+    )
+
+    message: Prompt = Field(description="The message to answer.")
+    max_new_tokens: NewTokens = Field(default=40, description="Tokens each reply has at most.")
+    temperature: Temperature = Field(default=0.8, description=_TEMPERATURE_DOC)
+    seed: Seed | None = Field(default=None, description=_SEED_DOC)
+
+
+# --- outputs ----------------------------------------------------------------------------
+
+
+class GenerateOutput(Schema):
     """What a generation produced: the continuation only, without the prompt."""
 
     text: str
@@ -44,10 +190,81 @@ class GenerateOutput(BaseModel):
     finish_reason: Literal["length", "stop"] = Field(
         description="`length`: max_new_tokens reached; `stop`: the model ended the text."
     )
-    prompt_tokens: int = Field(
-        description="Prompt tokens the model saw (after trimming to its window)."
-    )
+    prompt_tokens: int = Field(description="Prompt tokens the model saw (after trimming).")
     model: str
+
+
+class LongTextOutput(Schema):
+    text: str = Field(description="The prompt's continuation, all chunks together.")
+    chunks_generated: int
+    tokens: int
+    model: str
+
+
+class SummarizeOutput(Schema):
+    summary: str
+    model: str
+
+
+class SentimentOutput(Schema):
+    label: str = Field(description="POSITIVE or NEGATIVE (the classifier's labels).")
+    score: float = Field(description="The classifier's probability for the label.")
+    model: str
+
+
+class StoryOutput(Schema):
+    outline: str
+    story: str
+    dialogue: str
+
+
+class Variation(Schema):
+    temperature: float
+    text: str
+
+
+class VariationsOutput(Schema):
+    variations: list[Variation]
+
+
+class DocumentOutput(Schema):
+    summary: str
+    sentiment: SentimentOutput
+    key_points: str
+
+
+class ReplyCandidate(Schema):
+    tone: str
+    text: str
+    score: float = Field(description="How positive the reply reads (the classifier's score).")
+
+
+class ReplyOutput(Schema):
+    best: ReplyCandidate
+    alternatives: list[ReplyCandidate]
+    analysis: SentimentOutput = Field(description="The sentiment of the message.")
+
+
+JobInput = (
+    GenerateInput
+    | LongTextInput
+    | SummarizeInput
+    | SentimentInput
+    | StoryInput
+    | VariationsInput
+    | DocumentInput
+    | ReplyInput
+)
+JobOutput = (
+    GenerateOutput
+    | LongTextOutput
+    | SummarizeOutput
+    | SentimentOutput
+    | StoryOutput
+    | VariationsOutput
+    | DocumentOutput
+    | ReplyOutput
+)
 
 
 class LimitViolation(BaseModel):
@@ -55,20 +272,21 @@ class LimitViolation(BaseModel):
     message: str
 
 
-def limit_violations(payload: GenerateInput, settings: CommonSettings) -> list[LimitViolation]:
-    """Bounds that come from settings, checked by the API on submit and by the worker on receipt."""
+def limit_violations(payload: BaseModel, settings: CommonSettings) -> list[LimitViolation]:
+    """Fields that exceed the setting their :class:`Bound` names."""
     violations = []
-    if len(payload.prompt) > settings.max_prompt_chars:
-        violations.append(
-            LimitViolation(
-                field="prompt",
-                message=f"must be at most {settings.max_prompt_chars} characters",
-            )
-        )
-    if payload.max_new_tokens > settings.max_new_tokens:
-        violations.append(
-            LimitViolation(
-                field="max_new_tokens", message=f"must be at most {settings.max_new_tokens}"
-            )
-        )
+    for name, info in type(payload).model_fields.items():
+        for bound in (meta for meta in info.metadata if isinstance(meta, Bound)):
+            limit = getattr(settings, bound.setting)
+            value = getattr(payload, name)
+            if isinstance(value, str):
+                size, unit = len(value), " characters"
+            elif isinstance(value, list):
+                size, unit = len(value), " items"
+            else:
+                size, unit = value, ""
+            if size > limit:
+                violations.append(
+                    LimitViolation(field=name, message=f"must be at most {limit}{unit}")
+                )
     return violations

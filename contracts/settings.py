@@ -35,6 +35,13 @@ class CommonSettings(BaseSettings):
     max_new_tokens: int = Field(
         default=512, ge=1, description="Most tokens one generation may ask for."
     )
+    max_text_chars: int = Field(
+        default=20_000, ge=1, description="Longest text to summarize, classify or analyze."
+    )
+    max_chunks: int = Field(default=16, ge=1, description="Most chunks of one long_text job.")
+    max_variations: int = Field(
+        default=16, ge=1, description="Most temperatures of one variations job."
+    )
     max_delay_seconds: int | None = Field(
         default=None,
         description="Longest delay_seconds accepted; defaults to just under VISIBILITY_TIMEOUT "

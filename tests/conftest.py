@@ -57,6 +57,10 @@ def stack_env(redis_url: str) -> dict[str, str]:
     env.update(
         LLM_TASKS_REDIS_URL=redis_url,
         LLM_TASKS_MAX_NEW_TOKENS=str(TEST_MAX_NEW_TOKENS),
+        LLM_TASKS_MAX_RETRIES="2",
+        LLM_TASKS_RETRY_BACKOFF="0.5",
+        LLM_TASKS_RETRY_BACKOFF_MAX="2",
+        LLM_TASKS_CANCEL_CHECK_INTERVAL="0.1",
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -89,10 +93,16 @@ def client(api_url: str) -> Iterator[httpx.Client]:
 
 def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
     """Poll until the job is finished; returns the final job."""
+    return wait_for(client, job_id, lambda job: job["status"] not in {"queued", "running"}, timeout)
+
+
+def wait_for(client: httpx.Client, job_id: str, condition, timeout: float = 120) -> dict:
+    """Poll the job until ``condition(job)`` holds; returns that job."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         job = client.get(f"/v1/jobs/{job_id}").raise_for_status().json()
-        if job["status"] not in {"queued", "running"}:
+        if condition(job):
             return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} never got there; last seen: {job}")
+        time.sleep(0.05)

@@ -18,6 +18,16 @@ class WorkerSettings(CommonSettings):
     worker_concurrency: int = Field(
         default=16, ge=1, description="Tasks a worker runs at once (threads)."
     )
+    max_retries: int = Field(default=3, ge=0, description="Retries of a transient error.")
+    retry_backoff: float = Field(
+        default=1.0, gt=0, description="Seconds before the first retry; doubles each time."
+    )
+    retry_backoff_max: float = Field(
+        default=30.0, gt=0, description="Longest wait between retries."
+    )
+    cancel_check_interval: float = Field(
+        default=0.25, gt=0, description="Seconds between checks of a job's cancellation flag."
+    )
     model_cache_dir: Path = Field(
         default=Path.home() / ".cache" / "llm-tasks",
         description="Where the tiny models are built and kept.",

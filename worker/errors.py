@@ -2,4 +2,12 @@
 
 
 class InvalidInput(ValueError):
-    """The payload breaks the contract: retrying cannot help."""
+    """The payload breaks the contract: retrying cannot help, the job fails at once."""
+
+
+class TransientError(RuntimeError):
+    """A fault worth another try (a flaky device, a dependency that timed out)."""
+
+
+class Canceled(Exception):
+    """The client canceled the job; the task stops and records it as revoked."""

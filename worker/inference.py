@@ -1,13 +1,31 @@
 """Plain inference functions: no Celery here, so tests and benchmarks call them directly."""
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from contracts.schemas import GenerateOutput
+from worker.errors import Canceled
 from worker.models import LoadedModel
+
+StopCheck = Callable[[], bool]
+
+
+class _StopWhen(StoppingCriteria):
+    """Stops every row of the generation at its next token once ``check()`` says so."""
+
+    def __init__(self, check: StopCheck) -> None:
+        self._check = check
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **_: object
+    ) -> torch.BoolTensor:
+        stop = self._check()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
 def _generative(loaded: LoadedModel) -> Any:
@@ -29,9 +47,14 @@ def generate_text(
     temperature: float,
     top_p: float,
     seed: int | None,
+    should_stop: StopCheck | None = None,
 ) -> GenerateOutput:
     """Continue ``prompt``; when prompt and continuation outgrow the context window, the
-    oldest tokens are dropped from what the model sees (never an error)."""
+    oldest tokens are dropped from what the model sees (never an error).
+
+    ``should_stop`` is asked before each new token; once it answers yes, the generation
+    ends there and :class:`~worker.errors.Canceled` is raised.
+    """
     tokenizer, model = loaded.tokenizer, _generative(loaded)
     prompt_ids: list[int] = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
     window = loaded.context_window
@@ -59,6 +82,9 @@ def generate_text(
                 top_k=None,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=eos_id,
+                stopping_criteria=StoppingCriteriaList([_StopWhen(should_stop)])
+                if should_stop
+                else None,
             )
             new_tokens = output[0, input_ids.shape[1] :].tolist()
             if eos_id in new_tokens:
@@ -66,6 +92,8 @@ def generate_text(
                 finish_reason = "stop"
                 break
             generated += new_tokens
+            if should_stop is not None and should_stop():
+                raise Canceled(f"canceled after {len(generated)} of {max_new_tokens} tokens")
     return GenerateOutput(
         text=tokenizer.decode(generated, skip_special_tokens=True),
         tokens=len(generated),

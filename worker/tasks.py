@@ -1,9 +1,12 @@
 """Celery tasks: thin wrappers that validate, call :mod:`worker.inference` and serialize.
 
-Usable from a Python shell as plain Celery tasks::
+Every task is a plain Celery task, usable from a Python shell::
 
     >>> from worker.tasks import generate_text
     >>> generate_text.delay("Hello world").get(timeout=30)
+
+Workflow steps receive the previous step's result as their first argument (chains) or
+the list of the parallel steps' results (chord bodies): no task waits on another.
 """
 
 from typing import Any, TypeVar
@@ -11,14 +14,50 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from contracts.names import TaskName
-from contracts.schemas import GenerateInput, limit_violations
+from contracts.schemas import (
+    DocumentOutput,
+    GenerateInput,
+    GenerateOutput,
+    LongTextInput,
+    LongTextOutput,
+    ReplyCandidate,
+    ReplyOutput,
+    SentimentInput,
+    SentimentOutput,
+    StoryInput,
+    StoryStepOptions,
+    SummarizeInput,
+    SummarizeOutput,
+    limit_violations,
+)
 from worker import inference
 from worker.celery_app import app
 from worker.config import get_settings
 from worker.errors import InvalidInput
+from worker.jobs import JobTask
 from worker.models import ModelRole, get_registry
 
 T = TypeVar("T", bound=BaseModel)
+
+STORY_PROMPTS = {
+    TaskName.STORY_OUTLINE: "Create a story outline about: {text}\n",
+    TaskName.STORY_EXPAND: "Expand this outline into a full story: {text}\n",
+    TaskName.STORY_DIALOGUE: "Add dialogue to this story: {text}\n",
+}
+
+#: The guide's tones: an unhappy message gets care, a happy one enthusiasm.
+REPLY_TONES: dict[str, list[tuple[str, str]]] = {
+    "NEGATIVE": [
+        ("empathetic", "Respond empathetically to: {message}\n"),
+        ("helpful", "Provide helpful solution for: {message}\n"),
+        ("acknowledging", "Acknowledge concern in: {message}\n"),
+    ],
+    "POSITIVE": [
+        ("positive", "Respond positively to: {message}\n"),
+        ("expanding", "Expand on: {message}\n"),
+        ("detailed", "Add details to: {message}\n"),
+    ],
+}
 
 
 def _validated(schema: type[T], payload: dict[str, Any]) -> T:
@@ -29,12 +68,26 @@ def _validated(schema: type[T], payload: dict[str, Any]) -> T:
             f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in error.errors()
         )
         raise InvalidInput(problems) from None
+    violations = limit_violations(value, get_settings())
+    if violations:
+        raise InvalidInput("; ".join(f"{v.field}: {v.message}" for v in violations))
     return value
 
 
-@app.task(name=TaskName.GENERATE, bind=True)
+def _generate(task: JobTask, prompt: str, **options: Any) -> GenerateOutput:
+    loaded = get_registry().get(ModelRole.GENERATOR)
+    return inference.generate_text(loaded, prompt=prompt, should_stop=task.should_stop, **options)
+
+
+def _sentiment(text: str) -> SentimentOutput:
+    loaded = get_registry().get(ModelRole.CLASSIFIER)
+    [result] = inference.classify(loaded, [text])
+    return SentimentOutput(label=result.label, score=result.score, model=loaded.name)
+
+
+@app.task(name=TaskName.GENERATE, bind=True, base=JobTask)
 def generate_text(
-    self: Any,
+    self: JobTask,
     prompt: str,
     max_new_tokens: int = 64,
     temperature: float = 0.8,
@@ -52,8 +105,150 @@ def generate_text(
             "seed": seed,
         },
     )
-    violations = limit_violations(payload, get_settings())
-    if violations:
-        raise InvalidInput("; ".join(f"{v.field}: {v.message}" for v in violations))
-    loaded = get_registry().get(ModelRole.GENERATOR)
-    return inference.generate_text(loaded, **payload.model_dump()).model_dump()
+    return _generate(self, **payload.model_dump()).model_dump()
+
+
+@app.task(name=TaskName.LONG_TEXT, bind=True, base=JobTask)
+def generate_long_text(self: JobTask, prompt: str, **options: Any) -> dict[str, Any]:
+    """Write ``chunks`` chunks one after the other, reporting progress after each."""
+    payload = _validated(LongTextInput, {"prompt": prompt, **options})
+    text, tokens, model = "", 0, ""
+    for index in range(payload.chunks):
+        chunk = _generate(
+            self,
+            payload.prompt + text,
+            max_new_tokens=payload.chunk_tokens,
+            temperature=payload.temperature,
+            top_p=payload.top_p,
+            seed=None if payload.seed is None else payload.seed + index,
+        )
+        text, tokens, model = text + chunk.text, tokens + chunk.tokens, chunk.model
+        self.update_state(
+            state="PROGRESS",
+            meta={
+                "current": index + 1,
+                "total": payload.chunks,
+                "message": f"chunk {index + 1} of {payload.chunks} written",
+                "text": text,
+            },
+        )
+    return LongTextOutput(
+        text=text, chunks_generated=payload.chunks, tokens=tokens, model=model
+    ).model_dump()
+
+
+@app.task(name=TaskName.SUMMARIZE, bind=True, base=JobTask)
+def summarize_text(
+    self: JobTask, text: str, min_new_tokens: int = 5, max_new_tokens: int = 60
+) -> dict[str, Any]:
+    """Summarize ``text`` with the seq2seq model."""
+    payload = _validated(
+        SummarizeInput,
+        {"text": text, "min_new_tokens": min_new_tokens, "max_new_tokens": max_new_tokens},
+    )
+    loaded = get_registry().get(ModelRole.SUMMARIZER)
+    summary = inference.summarize(loaded, **payload.model_dump())
+    return SummarizeOutput(summary=summary, model=loaded.name).model_dump()
+
+
+@app.task(name=TaskName.SENTIMENT, bind=True, base=JobTask)
+def analyze_sentiment(self: JobTask, text: str) -> dict[str, Any]:
+    """Classify ``text``: ``{label, score, model}``."""
+    payload = _validated(SentimentInput, {"text": text})
+    return _sentiment(payload.text).model_dump()
+
+
+def _story_step(
+    task: JobTask, name: TaskName, text: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    payload = _validated(StoryStepOptions, options)
+    output = _generate(
+        task,
+        STORY_PROMPTS[name].format(text=text),
+        max_new_tokens=payload.max_new_tokens,
+        temperature=payload.temperature,
+        top_p=0.95,
+        seed=payload.seed,
+    )
+    return {"text": output.text.strip()}
+
+
+@app.task(name=TaskName.STORY_OUTLINE, bind=True, base=JobTask)
+def story_outline(self: JobTask, topic: str, **options: Any) -> dict[str, Any]:
+    """Step 1 of a story: an outline about ``topic``."""
+    _validated(StoryInput, {"topic": topic, **options})
+    return _story_step(self, TaskName.STORY_OUTLINE, topic, options)
+
+
+@app.task(name=TaskName.STORY_EXPAND, bind=True, base=JobTask)
+def story_expand(self: JobTask, outline: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """Step 2 of a story: expand the outline (the previous step's result)."""
+    return _story_step(self, TaskName.STORY_EXPAND, outline["text"], options)
+
+
+@app.task(name=TaskName.STORY_DIALOGUE, bind=True, base=JobTask)
+def story_dialogue(self: JobTask, story: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """Step 3 of a story: add dialogue to the story (the previous step's result)."""
+    return _story_step(self, TaskName.STORY_DIALOGUE, story["text"], options)
+
+
+@app.task(name=TaskName.DOCUMENT_COMBINE, bind=True, base=JobTask)
+def combine_document(self: JobTask, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Chord body: ``[summary, sentiment, key points]`` → one document analysis."""
+    summary, sentiment, key_points = results
+    return DocumentOutput(
+        summary=SummarizeOutput.model_validate(summary).summary,
+        sentiment=SentimentOutput.model_validate(sentiment),
+        key_points=GenerateOutput.model_validate(key_points).text.strip(),
+    ).model_dump()
+
+
+@app.task(name=TaskName.REPLY_ANALYZE, bind=True, base=JobTask)
+def analyze_message(self: JobTask, message: str) -> dict[str, Any]:
+    """Step 1 of a reply: the message's sentiment, which picks the tones of step 2."""
+    payload = _validated(SentimentInput, {"text": message})
+    return {"message": payload.text, "sentiment": _sentiment(payload.text).model_dump()}
+
+
+@app.task(name=TaskName.REPLY_VARIANT, bind=True, base=JobTask)
+def reply_variant(
+    self: JobTask,
+    analysis: dict[str, Any],
+    tone_index: int,
+    max_new_tokens: int = 40,
+    temperature: float = 0.8,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Step 2 of a reply (three in parallel): one reply in the tone the sentiment calls for."""
+    label = SentimentOutput.model_validate(analysis["sentiment"]).label
+    tone, template = REPLY_TONES.get(label, REPLY_TONES["POSITIVE"])[tone_index]
+    output = _generate(
+        self,
+        template.format(message=analysis["message"]),
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=0.95,
+        seed=None if seed is None else seed + tone_index,
+    )
+    return {"tone": tone, "text": output.text.strip(), "analysis": analysis["sentiment"]}
+
+
+@app.task(name=TaskName.REPLY_RANK, bind=True, base=JobTask)
+def rank_replies(self: JobTask, variants: list[dict[str, Any]]) -> dict[str, Any]:
+    """Step 3 of a reply (chord body): rank the replies by how positive they read."""
+    loaded = get_registry().get(ModelRole.CLASSIFIER)
+    verdicts = inference.classify(loaded, [variant["text"] or "-" for variant in variants])
+    candidates = [
+        ReplyCandidate(
+            tone=variant["tone"],
+            text=variant["text"],
+            score=verdict.score if verdict.label == "POSITIVE" else 1 - verdict.score,
+        )
+        for variant, verdict in zip(variants, verdicts, strict=True)
+    ]
+    ranked = sorted(candidates, key=lambda c: (c.score, len(c.text)), reverse=True)
+    return ReplyOutput(
+        best=ranked[0],
+        alternatives=ranked[1:],
+        analysis=SentimentOutput.model_validate(variants[0]["analysis"]),
+    ).model_dump()

@@ -1,5 +1,6 @@
 """/v1/jobs: submit a job, read it, list yours."""
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, Response
@@ -7,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import dispatch
 from app.deps import CeleryDep, OwnerDep, SettingsDep, StoreDep
-from app.errors import InputRejected
+from app.errors import InputRejected, JobFinished
 from app.status import build_job
 from app.store import StoredJob, decode_cursor, encode_cursor, score_of
 from contracts.jobs import JobCreate, JobPage, JobPublic, JobStatus, JobUrls
@@ -38,6 +39,8 @@ def _public(request: Request, job: StoredJob) -> JobPublic:
         job.metas,
         started_at=job.started_at,
         attempts=job.attempts,
+        canceled_at=job.canceled_at,
+        now=datetime.now(UTC),
         urls=JobUrls(self=job_url, events=f"{job_url}/events"),
     )
 
@@ -83,7 +86,9 @@ async def create_job(
     except Exception:
         await store.discard(record)
         raise
-    stored = StoredJob(record, started_at=None, attempts={}, metas=[None] * len(record.steps))
+    stored = StoredJob(
+        record, started_at=None, canceled_at=None, attempts={}, metas=[None] * len(record.steps)
+    )
     public = _public(request, stored)
     response.headers["Location"] = public.urls.self
     return public
@@ -94,6 +99,27 @@ async def create_job(
 )
 async def read_job(job_id: str, request: Request, owner: OwnerDep, store: StoreDep) -> JobPublic:
     """The job: status, progress of each step, output or error."""
+    return _public(request, await store.get(job_id, owner))
+
+
+@router.delete(
+    "/{job_id}",
+    responses={
+        404: PROBLEM | {"description": "Unknown, expired or not yours"},
+        409: PROBLEM | {"description": "The job has already finished"},
+    },
+)
+async def cancel_job(
+    job_id: str, request: Request, owner: OwnerDep, store: StoreDep, celery: CeleryDep
+) -> JobPublic:
+    """Cancel a job: queued steps are revoked at once, a running generation stops at its next
+    token. Answers with the job, now `canceled`."""
+    job = await store.get(job_id, owner)
+    status = _public(request, job).status
+    if status.finished:
+        raise JobFinished(job_id, status.value)
+    await store.cancel(job.record)
+    await run_in_threadpool(dispatch.revoke, celery, job.record, job.metas)
     return _public(request, await store.get(job_id, owner))
 
 

@@ -1,9 +1,10 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from app.status import build_job, job_status, step_status
 from contracts.jobs import JobRecord, JobStatus, JobUrls, StepRecord
+from contracts.names import JobKind
 
 RECORD = JobRecord(
     id="job-1",
@@ -16,6 +17,12 @@ RECORD = JobRecord(
 )
 URLS = JobUrls(self="http://x/v1/jobs/job-1", events="http://x/v1/jobs/job-1/events")
 DONE = "2026-01-01T00:00:05+00:00"
+NOW = datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
+
+
+def build(metas, record=RECORD, **options):
+    defaults = {"started_at": None, "attempts": {}, "canceled_at": None, "now": NOW, "urls": URLS}
+    return build_job(record, metas, **(defaults | options))
 
 
 @pytest.mark.parametrize(
@@ -57,7 +64,7 @@ def test_a_task_that_raised_is_failed_with_its_error_not_completed():
         },
         "date_done": DONE,
     }
-    job = build_job(RECORD, [meta], started_at=None, attempts={"task-1": 1}, urls=URLS)
+    job = build([meta], attempts={"task-1": 1})
     assert job.status is JobStatus.FAILED
     assert job.output is None
     assert job.error is not None
@@ -78,7 +85,7 @@ def test_a_succeeded_job_carries_its_output():
         },
         "date_done": DONE,
     }
-    job = build_job(RECORD, [meta], started_at=None, attempts={}, urls=URLS)
+    job = build([meta])
     assert job.status is JobStatus.SUCCEEDED
     assert job.output is not None and job.output.text == " there"
     assert job.error is None
@@ -86,7 +93,75 @@ def test_a_succeeded_job_carries_its_output():
 
 def test_progress_of_the_running_step():
     meta = {"status": "PROGRESS", "result": {"current": 3, "total": 10, "message": "tokens"}}
-    job = build_job(RECORD, [meta], started_at=None, attempts={}, urls=URLS)
+    job = build([meta])
     assert job.status is JobStatus.RUNNING
     assert job.progress is not None and (job.progress.current, job.progress.total) == (3, 10)
     assert job.steps[0].progress == job.progress
+
+
+VARIATIONS = RECORD.model_copy(
+    update={
+        "kind": JobKind.VARIATIONS,
+        "input": {"prompt": "Hi", "temperatures": [0.5, 1.0, 1.5], "max_new_tokens": 4, "seed": None},
+        "steps": [StepRecord(name=f"variation-{i}", task_id=f"t{i}") for i in range(3)],
+    }
+)
+
+
+def generated(text):
+    return {
+        "status": "SUCCESS",
+        "result": {"text": text, "tokens": 1, "finish_reason": "length", "prompt_tokens": 1, "model": "tiny"},
+        "date_done": DONE,
+    }
+
+
+def test_workflow_progress_counts_finished_steps():
+    job = build([generated("a"), {"status": "STARTED"}, None], record=VARIATIONS)
+    assert job.status is JobStatus.RUNNING
+    assert (job.progress.current, job.progress.total) == (1, 3)
+    assert job.progress.message == "1 of 3 variations done"
+    assert [step.status for step in job.steps] == [
+        JobStatus.SUCCEEDED,
+        JobStatus.RUNNING,
+        JobStatus.QUEUED,
+    ]
+
+
+def test_a_group_output_is_assembled_from_its_steps():
+    job = build([generated("a"), generated("b"), generated("c")], record=VARIATIONS)
+    assert job.status is JobStatus.SUCCEEDED
+    assert [(v.temperature, v.text) for v in job.output.variations] == [
+        (0.5, "a"),
+        (1.0, "b"),
+        (1.5, "c"),
+    ]
+
+
+def test_a_canceled_job_cancels_its_unfinished_steps():
+    job = build([generated("a"), {"status": "STARTED"}, None], record=VARIATIONS, canceled_at=NOW)
+    assert job.status is JobStatus.CANCELED
+    assert [step.status for step in job.steps] == [
+        JobStatus.SUCCEEDED,
+        JobStatus.CANCELED,
+        JobStatus.CANCELED,
+    ]
+    assert job.error.type == "canceled"
+    assert job.finished_at == NOW
+
+
+def test_a_job_not_started_before_its_expiry_is_expired():
+    record = RECORD.model_copy(update={"expires_at": NOW - timedelta(seconds=1)})
+    job = build([None], record=record)
+    assert job.status is JobStatus.EXPIRED
+    assert job.error.type == "expired"
+    assert build([None], record=record, now=NOW - timedelta(seconds=5)).status is JobStatus.QUEUED
+
+
+def test_a_message_dropped_by_the_worker_as_expired_is_expired():
+    meta = {
+        "status": "REVOKED",
+        "result": {"exc_type": "TaskRevokedError", "exc_message": ["expired"]},
+        "date_done": DONE,
+    }
+    assert build([meta]).status is JobStatus.EXPIRED

@@ -1,17 +1,29 @@
 """Worker entry point for the tests: the real Celery app, plus faults on request.
 
-Started as ``celery -A tests.support.fault_worker worker``. A prompt that starts with
-``FAULT:`` makes the generation raise :class:`InjectedFault` with the rest of the prompt
-as its message. Production workers never import this module.
+Started as ``celery -A tests.support.fault_worker worker``. Markers in a generation's
+prompt (anywhere, so that workflow steps built from a topic carry them too):
+
+- ``FAULT: message`` — raise :class:`InjectedFault` (a permanent error) with that message;
+- ``TRANSIENT:n:`` — raise :class:`~worker.errors.TransientError` on the first n attempts;
+- ``OOM:n:`` — raise CUDA's out-of-memory error on the first n attempts;
+- ``SLOW:`` — take 0.1 s per token, so that a test can cancel a running generation.
+
+Production workers never import this module.
 """
 
+import re
+import time
 from typing import Any
+
+import torch
+from celery import current_task
 
 from worker import inference
 from worker.celery_app import app
+from worker.errors import TransientError
 from worker.models import LoadedModel
 
-FAULT_PREFIX = "FAULT:"
+SECONDS_PER_SLOW_TOKEN = 0.1
 _real_generate_text = inference.generate_text
 
 
@@ -20,8 +32,21 @@ class InjectedFault(RuntimeError):
 
 
 def _generate_text(loaded: LoadedModel, *, prompt: str, **options: Any) -> Any:
-    if prompt.startswith(FAULT_PREFIX):
-        raise InjectedFault(prompt.removeprefix(FAULT_PREFIX).strip() or "injected fault")
+    if (fault := re.search(r"FAULT:\s*(.*)", prompt)) is not None:
+        raise InjectedFault(fault.group(1).strip() or "injected fault")
+    attempt = current_task.request.retries if current_task else 0
+    if (transient := re.search(r"TRANSIENT:(\d+):", prompt)) and attempt < int(transient[1]):
+        raise TransientError(f"injected transient fault, attempt {attempt + 1}")
+    if (oom := re.search(r"OOM:(\d+):", prompt)) and attempt < int(oom[1]):
+        raise torch.cuda.OutOfMemoryError(f"injected CUDA out of memory, attempt {attempt + 1}")
+    if "SLOW:" in prompt:
+        should_stop = options.pop("should_stop", None) or (lambda: False)
+
+        def slow_stop() -> bool:
+            time.sleep(SECONDS_PER_SLOW_TOKEN)
+            return bool(should_stop())
+
+        options["should_stop"] = slow_stop
     return _real_generate_text(loaded, prompt=prompt, **options)
 
 

@@ -1,0 +1,164 @@
+"""What every task does around its work: job bookkeeping, cancellation and retries.
+
+:class:`JobTask` is the base class of all tasks. Before a task runs it stamps the job
+registry (start time, attempts) and checks whether the job was canceled; while it runs,
+:class:`CancelToken` tells a generation to stop at its next token; transient errors are
+retried with exponential backoff and jitter, bad input fails at once.
+"""
+
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+import redis
+import torch
+from celery import Task
+from celery.exceptions import Ignore
+from celery.worker import state as worker_state
+
+from contracts.jobs import (
+    CANCELED_AT_FIELD,
+    JOB_KEY_PREFIX,
+    STARTED_AT_FIELD,
+    job_key,
+    task_key,
+)
+from worker.config import get_settings
+from worker.errors import Canceled, InvalidInput, TransientError
+
+logger = logging.getLogger(__name__)
+
+#: Errors worth another try. Anything else (bugs, bad input) fails the job at once.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientError,
+    torch.cuda.OutOfMemoryError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+# One round trip when a step starts: which job it belongs to, whether the job was
+# canceled, and (if not) the start stamp and one more attempt. Touches nothing when the
+# job is unknown (a plain Celery call) or expired, so no stray record is resurrected.
+_START_STEP = """
+local job_id = redis.call('GET', KEYS[1])
+if not job_id then return {'', 0} end
+local key = ARGV[1] .. job_id
+if redis.call('EXISTS', key) == 0 then return {'', 0} end
+if redis.call('HEXISTS', key, ARGV[2]) == 1 then return {job_id, 1} end
+redis.call('HSETNX', key, ARGV[3], ARGV[4])
+redis.call('HINCRBY', key, 'attempts:' .. ARGV[5], 1)
+return {job_id, 0}
+"""
+
+
+@lru_cache
+def registry_redis() -> "redis.Redis[bytes]":
+    return redis.Redis.from_url(
+        get_settings().redis_url, socket_connect_timeout=5, socket_timeout=5
+    )
+
+
+def backoff_seconds(retries: int) -> float:
+    """Exponential backoff with jitter: half the capped delay, plus up to as much again."""
+    settings = get_settings()
+    cap = min(settings.retry_backoff_max, settings.retry_backoff * 2**retries)
+    return float(cap / 2 + random.uniform(0, cap / 2))
+
+
+def free_accelerator_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class CancelToken:
+    """Says whether the step should stop: revoked on this worker, or its job canceled.
+
+    Cheap to call once per token: the worker's revoked set is in memory, and the job's
+    cancellation flag in Redis is read at most every ``cancel_check_interval`` seconds.
+    """
+
+    def __init__(self, task_id: str, job_id: str | None) -> None:
+        self._task_id = task_id
+        self._job_id = job_id
+        self._interval = get_settings().cancel_check_interval
+        self._checked_at = time.monotonic()
+        self._set = False
+
+    def __call__(self) -> bool:
+        if self._set:
+            return True
+        if self._task_id in worker_state.revoked:
+            self._set = True
+        elif self._job_id and time.monotonic() - self._checked_at >= self._interval:
+            self._checked_at = time.monotonic()
+            try:
+                flag = registry_redis().hexists(job_key(self._job_id), CANCELED_AT_FIELD)
+            except redis.RedisError:
+                flag = False  # cannot tell now: go on, look again at the next interval
+            self._set = bool(flag)
+        return self._set
+
+
+class JobTask(Task):  # type: ignore[misc]
+    """Base of every task of the service."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        job_id, canceled = self._start_step()
+        self.request.cancel_token = CancelToken(self.request.id, job_id)
+        if canceled or self.request.cancel_token():
+            self._stop_canceled("canceled before it started")
+        try:
+            return super().__call__(*args, **kwargs)
+        except Canceled as canceled:
+            self._stop_canceled(str(canceled))
+        except InvalidInput:
+            raise
+        except TRANSIENT_ERRORS as error:
+            if isinstance(error, torch.cuda.OutOfMemoryError):
+                free_accelerator_memory()
+            countdown = backoff_seconds(self.request.retries)
+            logger.warning(
+                "task %s: %s: %s; retry %d in %.1fs",
+                self.request.id,
+                type(error).__name__,
+                error,
+                self.request.retries + 1,
+                countdown,
+            )
+            raise self.retry(
+                exc=error, countdown=countdown, max_retries=get_settings().max_retries
+            ) from error
+
+    @property
+    def should_stop(self) -> CancelToken:
+        """The running step's cancellation check, for a generation's stopping criterion."""
+        token: CancelToken = self.request.cancel_token
+        return token
+
+    def _start_step(self) -> tuple[str | None, bool]:
+        """Stamp the job's start and attempts; returns the job id and whether it is canceled."""
+        if self.request.is_eager or not self.request.id:
+            return None, False
+        try:
+            job_id, canceled = registry_redis().eval(
+                _START_STEP,
+                1,
+                task_key(self.request.id),
+                JOB_KEY_PREFIX,
+                CANCELED_AT_FIELD,
+                STARTED_AT_FIELD,
+                datetime.now(UTC).isoformat(),
+                self.request.id,
+            )
+        except redis.RedisError:
+            logger.exception("task %s: could not read its job", self.request.id)
+            return None, False
+        return (job_id.decode() if job_id else None), bool(canceled)
+
+    def _stop_canceled(self, reason: str) -> None:
+        logger.info("task %s stopped: %s", self.request.id, reason)
+        self.backend.mark_as_revoked(self.request.id, reason, request=self.request)
+        raise Ignore()
