@@ -113,8 +113,8 @@ def build_job(
     status = job_status(statuses)
 
     steps = [
-        StepPublic(name=step.name, status=step_status_, progress=task_progress(meta))
-        for step, step_status_, meta in zip(record.steps, statuses, metas, strict=True)
+        StepPublic(name=step.name, status=state, progress=task_progress(meta))
+        for step, state, meta in zip(record.steps, statuses, metas, strict=True)
     ]
     current = next(
         (i for i, s in enumerate(statuses) if s is not JobStatus.SUCCEEDED), len(statuses) - 1

@@ -1,6 +1,14 @@
-"""``make bench``: run the benchmarks, write bench/results/*.json."""
+"""``make bench``: run the benchmarks, write bench/results/*.json.
 
-from bench import startup
+``python -m bench [NAME ...]`` runs only the named ones (startup, kinds).
+"""
+
+import sys
+
+from bench import kinds, startup
+
+BENCHMARKS = {"startup": startup.main, "kinds": kinds.main}
 
 if __name__ == "__main__":
-    startup.main()
+    for name in sys.argv[1:] or list(BENCHMARKS):
+        BENCHMARKS[name]()

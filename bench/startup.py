@@ -64,19 +64,23 @@ def tiny_models(cache_dir: Path) -> dict[str, object]:
     }
 
 
-def main() -> None:
+def machine() -> dict[str, object]:
     import torch
 
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         report = {
-            "when": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "platform": platform.platform(),
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            },
+            "machine": machine(),
             "api_import_seconds": api_import_seconds(),
             "tiny_models": tiny_models(Path(cache)),
         }

@@ -170,20 +170,26 @@ class Stack:
     api_url: str
     processes: list[Process] = field(default_factory=list)
 
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
+    def wait_ready(self, timeout: float) -> None:
+        """Until a worker answers the API's readiness check."""
+        wait_until(lambda: http_ok(f"{self.api_url}/readyz"), timeout, *self.processes)
 
 
 @contextlib.contextmanager
 def running_stack(
-    *, host: str = "127.0.0.1", port: int, env: dict[str, str] | None = None, log_dir: Path
+    *,
+    host: str = "127.0.0.1",
+    port: int,
+    env: dict[str, str] | None = None,
+    log_dir: Path,
+    private_redis: bool = False,
 ) -> Iterator[Stack]:
+    """Redis (the configured one if it answers, else a private one), a worker and the API."""
     env = dict(env if env is not None else os.environ)
     processes: list[Process] = []
     try:
         redis_url = env.get("LLM_TASKS_REDIS_URL", DEFAULT_REDIS_URL)
-        if not redis_answers(redis_url):
+        if private_redis or not redis_answers(redis_url):
             server, redis_url = start_redis(log_dir)
             processes.append(server)
         env["LLM_TASKS_REDIS_URL"] = redis_url

@@ -102,7 +102,12 @@ def test_progress_of_the_running_step():
 VARIATIONS = RECORD.model_copy(
     update={
         "kind": JobKind.VARIATIONS,
-        "input": {"prompt": "Hi", "temperatures": [0.5, 1.0, 1.5], "max_new_tokens": 4, "seed": None},
+        "input": {
+            "prompt": "Hi",
+            "temperatures": [0.5, 1.0, 1.5],
+            "max_new_tokens": 4,
+            "seed": None,
+        },
         "steps": [StepRecord(name=f"variation-{i}", task_id=f"t{i}") for i in range(3)],
     }
 )
@@ -111,7 +116,13 @@ VARIATIONS = RECORD.model_copy(
 def generated(text):
     return {
         "status": "SUCCESS",
-        "result": {"text": text, "tokens": 1, "finish_reason": "length", "prompt_tokens": 1, "model": "tiny"},
+        "result": {
+            "text": text,
+            "tokens": 1,
+            "finish_reason": "length",
+            "prompt_tokens": 1,
+            "model": "tiny",
+        },
         "date_done": DONE,
     }
 

@@ -29,7 +29,9 @@ def rabbitmq_answers() -> bool:
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
-def idle_stack(request, log_dir: Path, tiny_models_dir: Path) -> Iterator[tuple[str, dict[str, str]]]:
+def idle_stack(
+    request, log_dir: Path, tiny_models_dir: Path
+) -> Iterator[tuple[str, dict[str, str]]]:
     """A private Redis and an API, with no worker yet: whatever is submitted waits."""
     redis_server, redis_url = start_redis(log_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_TASKS_")}
@@ -39,7 +41,9 @@ def idle_stack(request, log_dir: Path, tiny_models_dir: Path) -> Iterator[tuple[
             redis_server.stop()
             pytest.skip(f"no RabbitMQ answers at {RABBITMQ_URL}")
         env["LLM_TASKS_BROKER_URL"] = RABBITMQ_URL
-        purger = create_celery_app("purge", CommonSettings(redis_url=redis_url, broker_url=RABBITMQ_URL))
+        purger = create_celery_app(
+            "purge", CommonSettings(redis_url=redis_url, broker_url=RABBITMQ_URL)
+        )
         purger.control.purge()  # leftovers of an earlier run would jump the queue
         purger.close()
     port = free_port()
@@ -58,7 +62,11 @@ def test_the_urgent_job_starts_before_the_normal_ones(idle_stack, log_dir: Path)
     with httpx.Client(base_url=url, timeout=10) as client:
 
         def submit(prompt: str, priority: int) -> str:
-            body = {"kind": "generate", "input": {"prompt": prompt, "max_new_tokens": 2}, "priority": priority}
+            body = {
+                "kind": "generate",
+                "input": {"prompt": prompt, "max_new_tokens": 2},
+                "priority": priority,
+            }
             response = client.post("/v1/jobs", json=body)
             assert response.status_code == 202, response.text
             return str(response.json()["id"])

@@ -23,7 +23,10 @@ def run(client: httpx.Client, kind: str, **job_input) -> dict:
 def test_long_text_reports_progress_per_chunk(client: httpx.Client):
     response = client.post(
         "/v1/jobs",
-        json={"kind": "long_text", "input": {"prompt": "SLOW: The crew woke", "chunks": 3, "chunk_tokens": 4}},
+        json={
+            "kind": "long_text",
+            "input": {"prompt": "SLOW: The crew woke", "chunks": 3, "chunk_tokens": 4},
+        },
     )
     job_id = response.json()["id"]
     midway = wait_for(client, job_id, lambda job: (job["progress"] or {}).get("current", 0) >= 1)
@@ -40,7 +43,9 @@ def test_long_text_reports_progress_per_chunk(client: httpx.Client):
 
 def test_long_text_outgrowing_the_context_window_is_not_an_error(client: httpx.Client):
     # 4 x 96 tokens plus the prompt exceed the tiny generator's 256-token window.
-    done = run(client, "long_text", prompt="The weather will be sunny " * 20, chunks=4, chunk_tokens=96)
+    done = run(
+        client, "long_text", prompt="The weather will be sunny " * 20, chunks=4, chunk_tokens=96
+    )
     assert done["output"]["tokens"] == 4 * 96
 
 
@@ -56,7 +61,10 @@ def test_summarize(client: httpx.Client):
 
 @pytest.mark.parametrize(
     ("text", "label"),
-    [("I love this, it is wonderful!", "POSITIVE"), ("This is terrible and I hate it.", "NEGATIVE")],
+    [
+        ("I love this, it is wonderful!", "POSITIVE"),
+        ("This is terrible and I hate it.", "NEGATIVE"),
+    ],
 )
 def test_sentiment(client: httpx.Client, text: str, label: str):
     output = run(client, "sentiment", text=text)["output"]
@@ -73,7 +81,9 @@ def test_story_is_a_chain_of_three_steps(client: httpx.Client):
 
 def test_variations_keep_each_temperature(client: httpx.Client):
     temperatures = [0.0, 0.7, 1.4]
-    done = run(client, "variations", prompt="The market was", temperatures=temperatures, max_new_tokens=8)
+    done = run(
+        client, "variations", prompt="The market was", temperatures=temperatures, max_new_tokens=8
+    )
     variations = done["output"]["variations"]
     assert [v["temperature"] for v in variations] == temperatures
     assert all(v["text"] for v in variations)
@@ -84,7 +94,12 @@ def test_variations_keep_each_temperature(client: httpx.Client):
 def test_document_is_a_chord(client: httpx.Client):
     text = "The new library opened on Monday. Families loved it and the children read all day."
     done = run(client, "document", text=text, max_new_tokens=16)
-    assert [step["name"] for step in done["steps"]] == ["summarize", "sentiment", "key_points", "combine"]
+    assert [step["name"] for step in done["steps"]] == [
+        "summarize",
+        "sentiment",
+        "key_points",
+        "combine",
+    ]
     output = done["output"]
     assert output["summary"]
     assert output["key_points"]
@@ -99,11 +114,19 @@ def test_reply_picks_tones_by_sentiment_and_ranks(client: httpx.Client):
     assert tones == {"empathetic", "helpful", "acknowledging"}
     assert len(output["alternatives"]) == 2
     assert all(output["best"]["score"] >= alt["score"] for alt in output["alternatives"])
-    assert [s["name"] for s in done["steps"]] == ["analyze", "variant-1", "variant-2", "variant-3", "rank"]
+    assert [s["name"] for s in done["steps"]] == [
+        "analyze",
+        "variant-1",
+        "variant-2",
+        "variant-3",
+        "rank",
+    ]
 
 
 def test_a_happy_message_gets_happy_tones(client: httpx.Client):
-    output = run(client, "reply", message="Thank you so much, everything was perfect.", max_new_tokens=8)["output"]
+    output = run(
+        client, "reply", message="Thank you so much, everything was perfect.", max_new_tokens=8
+    )["output"]
     assert output["analysis"]["label"] == "POSITIVE"
     assert output["best"]["tone"] in {"positive", "expanding", "detailed"}
 
