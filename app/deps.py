@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.core.config import ApiSettings, get_settings
 from app.core.redis import AsyncRedis
 from app.errors import Unauthorized
+from app.events import EventHub
 from app.store import JobStore
 
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
@@ -50,5 +51,11 @@ def get_owner(
     return owners[credentials.credentials]
 
 
+def get_hub(request: Request) -> EventHub:
+    hub: EventHub = request.app.state.hub
+    return hub
+
+
 StoreDep = Annotated[JobStore, Depends(get_store)]
+HubDep = Annotated[EventHub, Depends(get_hub)]
 OwnerDep = Annotated[str, Depends(get_owner)]

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from app.core.config import ApiSettings, get_settings
 from app.core.redis import connect
 from app.errors import install_error_handlers
+from app.events import EventHub
 from app.routes import health, jobs
 from contracts.celery_config import create_celery_app
 
@@ -29,9 +30,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis if backend == settings.redis_url else connect(backend, settings)
     )
     app.state.celery = create_celery_app("llm_tasks.api", settings)
+    app.state.hub = EventHub(app.state.results)
+    await app.state.hub.start()
     try:
         yield
     finally:
+        await app.state.hub.stop()
         app.state.celery.close()
         if app.state.results is not app.state.redis:
             await app.state.results.aclose()

@@ -102,7 +102,7 @@ class JobStore:
         if cursor:
             top, after_id = decode_cursor(cursor)
         # Members sharing a score come in reverse lexical order: skip those already served.
-        rows = await self._redis.zrevrangebyscore(
+        rows: list[tuple[bytes, float]] = await self._redis.zrevrangebyscore(  # type: ignore[assignment]
             index, top, "-inf", start=0, num=batch + 64, withscores=True
         )
         picked: list[tuple[str, int]] = []

@@ -26,6 +26,8 @@ from tools.stack import (
 ARTIFACTS = ROOT / "test-artifacts"
 #: A bound the tests set through the environment, to see settings enforced on both sides.
 TEST_MAX_NEW_TOKENS = 96
+#: Seconds between heartbeats of an idle event stream, short for the tests.
+TEST_HEARTBEAT = 0.5
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +63,8 @@ def stack_env(redis_url: str) -> dict[str, str]:
         LLM_TASKS_RETRY_BACKOFF="0.5",
         LLM_TASKS_RETRY_BACKOFF_MAX="2",
         LLM_TASKS_CANCEL_CHECK_INTERVAL="0.1",
+        LLM_TASKS_PROGRESS_INTERVAL="0.1",
+        LLM_TASKS_SSE_HEARTBEAT=str(TEST_HEARTBEAT),
         PYTHONUNBUFFERED="1",
     )
     return env

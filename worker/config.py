@@ -25,6 +25,11 @@ class WorkerSettings(CommonSettings):
     retry_backoff_max: float = Field(
         default=30.0, gt=0, description="Longest wait between retries."
     )
+    progress_interval: float = Field(
+        default=0.25,
+        gt=0,
+        description="Seconds between a task's progress updates (the text generated so far).",
+    )
     cancel_check_interval: float = Field(
         default=0.25, gt=0, description="Seconds between checks of a job's cancellation flag."
     )

@@ -13,19 +13,46 @@ from worker.errors import Canceled
 from worker.models import LoadedModel
 
 StopCheck = Callable[[], bool]
+#: Told the tokens generated so far and their text, after each new token.
+OnText = Callable[[int, str], None]
 
 
-class _StopWhen(StoppingCriteria):
-    """Stops every row of the generation at its next token once ``check()`` says so."""
+class _EachToken(StoppingCriteria):
+    """Runs after every generated token: reports the text so far, and stops all rows once
+    ``should_stop()`` says so (a cooperative cancel: nothing is killed)."""
 
-    def __init__(self, check: StopCheck) -> None:
-        self._check = check
+    def __init__(
+        self,
+        *,
+        offset: int,
+        done: list[int],
+        tokenizer: Any,
+        should_stop: StopCheck | None,
+        on_text: OnText | None,
+    ) -> None:
+        self._offset = offset  # where this round's new tokens begin in input_ids
+        self._done = done  # tokens generated in earlier rounds
+        self._tokenizer = tokenizer
+        self._should_stop = should_stop
+        self._on_text = on_text
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **_: object
     ) -> torch.BoolTensor:
-        stop = self._check()
+        if self._on_text is not None:
+            tokens = self._done + input_ids[0, self._offset :].tolist()
+            self._on_text(len(tokens), stable_text(self._tokenizer, tokens))
+        stop = bool(self._should_stop and self._should_stop())
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+def stable_text(tokenizer: Any, tokens: list[int]) -> str:
+    """Decoded text that later tokens only extend: a character still missing bytes (shown as
+    U+FFFD) is held back, and no spaces are "cleaned up" around punctuation."""
+    text: str = tokenizer.decode(
+        tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
+    )
+    return text.rstrip("\ufffd")
 
 
 def _generative(loaded: LoadedModel) -> Any:
@@ -48,12 +75,14 @@ def generate_text(
     top_p: float,
     seed: int | None,
     should_stop: StopCheck | None = None,
+    on_text: OnText | None = None,
 ) -> GenerateOutput:
     """Continue ``prompt``; when prompt and continuation outgrow the context window, the
     oldest tokens are dropped from what the model sees (never an error).
 
-    ``should_stop`` is asked before each new token; once it answers yes, the generation
-    ends there and :class:`~worker.errors.Canceled` is raised.
+    ``on_text`` hears the text generated so far after every token (it throttles itself);
+    ``should_stop`` is asked after every token: once it answers yes, the generation ends
+    there and :class:`~worker.errors.Canceled` is raised.
     """
     tokenizer, model = loaded.tokenizer, _generative(loaded)
     prompt_ids: list[int] = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
@@ -72,6 +101,13 @@ def generate_text(
             if not generated:
                 seen_prompt_tokens = len(context)
             input_ids = torch.tensor([context], device=loaded.device)
+            each_token = _EachToken(
+                offset=len(context),
+                done=list(generated),
+                tokenizer=tokenizer,
+                should_stop=should_stop,
+                on_text=on_text,
+            )
             output = model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
@@ -82,9 +118,7 @@ def generate_text(
                 top_k=None,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=eos_id,
-                stopping_criteria=StoppingCriteriaList([_StopWhen(should_stop)])
-                if should_stop
-                else None,
+                stopping_criteria=StoppingCriteriaList([each_token]),
             )
             new_tokens = output[0, input_ids.shape[1] :].tolist()
             if eos_id in new_tokens:
@@ -95,7 +129,9 @@ def generate_text(
             if should_stop is not None and should_stop():
                 raise Canceled(f"canceled after {len(generated)} of {max_new_tokens} tokens")
     return GenerateOutput(
-        text=tokenizer.decode(generated, skip_special_tokens=True),
+        text=tokenizer.decode(
+            generated, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        ),
         tokens=len(generated),
         finish_reason=finish_reason,
         prompt_tokens=seen_prompt_tokens,

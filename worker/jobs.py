@@ -55,7 +55,7 @@ return {job_id, 0}
 
 
 @lru_cache
-def registry_redis() -> "redis.Redis[bytes]":
+def registry_redis() -> redis.Redis:
     return redis.Redis.from_url(
         get_settings().redis_url, socket_connect_timeout=5, socket_timeout=5
     )
@@ -131,6 +131,27 @@ class JobTask(Task):  # type: ignore[misc]
             raise self.retry(
                 exc=error, countdown=countdown, max_retries=get_settings().max_retries
             ) from error
+
+    def report_progress(
+        self,
+        *,
+        current: int,
+        total: int,
+        message: str,
+        text: str | None = None,
+        force: bool = False,
+    ) -> None:
+        """Publish the step's progress (and its text so far) for live events: at most once
+        per ``progress_interval`` unless ``force``d, since each update is a Redis write."""
+        now = time.monotonic()
+        last = getattr(self.request, "progress_at", None)
+        if not force and last is not None and now - last < get_settings().progress_interval:
+            return
+        self.request.progress_at = now
+        meta: dict[str, Any] = {"current": current, "total": total, "message": message}
+        if text is not None:
+            meta["text"] = text
+        self.update_state(state="PROGRESS", meta=meta)
 
     @property
     def should_stop(self) -> CancelToken:

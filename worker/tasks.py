@@ -74,9 +74,25 @@ def _validated(schema: type[T], payload: dict[str, Any]) -> T:
     return value
 
 
-def _generate(task: JobTask, prompt: str, **options: Any) -> GenerateOutput:
+def _generate(
+    task: JobTask, prompt: str, on_text: inference.OnText | None = None, **options: Any
+) -> GenerateOutput:
+    """Generate, streaming the text into the task's progress and stopping if canceled."""
+    total = options["max_new_tokens"]
+
+    def report_tokens(tokens: int, text: str) -> None:
+        task.report_progress(
+            current=tokens, total=total, message=f"{tokens} of {total} tokens", text=text
+        )
+
     loaded = get_registry().get(ModelRole.GENERATOR)
-    return inference.generate_text(loaded, prompt=prompt, should_stop=task.should_stop, **options)
+    return inference.generate_text(
+        loaded,
+        prompt=prompt,
+        should_stop=task.should_stop,
+        on_text=on_text or report_tokens,
+        **options,
+    )
 
 
 def _sentiment(text: str) -> SentimentOutput:
@@ -114,23 +130,33 @@ def generate_long_text(self: JobTask, prompt: str, **options: Any) -> dict[str, 
     payload = _validated(LongTextInput, {"prompt": prompt, **options})
     text, tokens, model = "", 0, ""
     for index in range(payload.chunks):
+
+        def report_chunk(
+            _tokens: int, chunk_text: str, index: int = index, written: str = text
+        ) -> None:
+            self.report_progress(
+                current=index,
+                total=payload.chunks,
+                message=f"writing chunk {index + 1} of {payload.chunks}",
+                text=written + chunk_text,
+            )
+
         chunk = _generate(
             self,
             payload.prompt + text,
+            on_text=report_chunk,
             max_new_tokens=payload.chunk_tokens,
             temperature=payload.temperature,
             top_p=payload.top_p,
             seed=None if payload.seed is None else payload.seed + index,
         )
         text, tokens, model = text + chunk.text, tokens + chunk.tokens, chunk.model
-        self.update_state(
-            state="PROGRESS",
-            meta={
-                "current": index + 1,
-                "total": payload.chunks,
-                "message": f"chunk {index + 1} of {payload.chunks} written",
-                "text": text,
-            },
+        self.report_progress(
+            current=index + 1,
+            total=payload.chunks,
+            message=f"chunk {index + 1} of {payload.chunks} written",
+            text=text,
+            force=True,
         )
     return LongTextOutput(
         text=text, chunks_generated=payload.chunks, tokens=tokens, model=model
@@ -170,7 +196,7 @@ def _story_step(
         top_p=0.95,
         seed=payload.seed,
     )
-    return {"text": output.text.strip()}
+    return {"text": output.text}
 
 
 @app.task(name=TaskName.STORY_OUTLINE, bind=True, base=JobTask)
@@ -199,7 +225,7 @@ def combine_document(self: JobTask, results: list[dict[str, Any]]) -> dict[str, 
     return DocumentOutput(
         summary=SummarizeOutput.model_validate(summary).summary,
         sentiment=SentimentOutput.model_validate(sentiment),
-        key_points=GenerateOutput.model_validate(key_points).text.strip(),
+        key_points=GenerateOutput.model_validate(key_points).text,
     ).model_dump()
 
 
@@ -230,7 +256,7 @@ def reply_variant(
         top_p=0.95,
         seed=None if seed is None else seed + tone_index,
     )
-    return {"tone": tone, "text": output.text.strip(), "analysis": analysis["sentiment"]}
+    return {"tone": tone, "text": output.text, "analysis": analysis["sentiment"]}
 
 
 @app.task(name=TaskName.REPLY_RANK, bind=True, base=JobTask)

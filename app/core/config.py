@@ -13,6 +13,11 @@ class ApiSettings(CommonSettings):
         default="",
         description="Comma-separated API keys; empty leaves the API open (one shared owner).",
     )
+    sse_heartbeat: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds of silence before an event stream gets a heartbeat.",
+    )
     redis_timeout: float = Field(
         default=2.0, gt=0, description="Seconds to wait for Redis before answering 503."
     )

@@ -1,15 +1,10 @@
 """Redis clients of the API: bounded timeouts, so that a Redis outage is a quick 503."""
 
-from typing import TYPE_CHECKING
-
 import redis.asyncio as aioredis
 
 from app.core.config import ApiSettings
 
-if TYPE_CHECKING:
-    AsyncRedis = aioredis.Redis[bytes]
-else:
-    AsyncRedis = aioredis.Redis
+AsyncRedis = aioredis.Redis
 
 
 def connect(url: str, settings: ApiSettings) -> AsyncRedis:

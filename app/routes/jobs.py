@@ -1,14 +1,17 @@
 """/v1/jobs: submit a job, read it, list yours."""
 
+from collections.abc import AsyncIterable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from app import dispatch
-from app.deps import CeleryDep, OwnerDep, SettingsDep, StoreDep
+from app.deps import CeleryDep, HubDep, OwnerDep, SettingsDep, StoreDep
 from app.errors import InputRejected, JobFinished
+from app.events import job_events
 from app.status import build_job
 from app.store import StoredJob, decode_cursor, encode_cursor, score_of
 from contracts.jobs import JobCreate, JobPage, JobPublic, JobStatus, JobUrls
@@ -100,6 +103,41 @@ async def create_job(
 async def read_job(job_id: str, request: Request, owner: OwnerDep, store: StoreDep) -> JobPublic:
     """The job: status, progress of each step, output or error."""
     return _public(request, await store.get(job_id, owner))
+
+
+async def find_job(job_id: str, owner: OwnerDep, store: StoreDep) -> StoredJob:
+    """The job, or a 404 before a stream begins."""
+    return await store.get(job_id, owner)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={404: PROBLEM | {"description": "Unknown, expired or not yours"}},
+)
+async def stream_job_events(
+    job_id: str,
+    first: Annotated[StoredJob, Depends(find_job)],
+    request: Request,
+    owner: OwnerDep,
+    store: StoreDep,
+    hub: HubDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[
+        str | None, Header(description="Resume after this event (sent by EventSource itself).")
+    ] = None,
+) -> AsyncIterable[ServerSentEvent]:
+    """The job's events, live: `status` (first, then on each change), `progress`, `output`
+    (generated text as it comes) and `done` (the final job; the stream then ends)."""
+    async for event in job_events(
+        hub=hub,
+        load=lambda: store.get(job_id, owner),
+        show=lambda job: _public(request, job),
+        first=first,
+        last_event_id=last_event_id,
+        heartbeat=settings.sse_heartbeat,
+    ):
+        yield event
 
 
 @router.delete(

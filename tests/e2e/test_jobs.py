@@ -152,6 +152,11 @@ def test_tasks_are_plain_celery_tasks_from_a_python_shell(stack_env: dict[str, s
         "from worker.tasks import generate_text\n"
         "result = generate_text.delay('Hello world', max_new_tokens=8)\n"
         "print(result.get(timeout=60)['tokens'])\n"
+        "from celery import chain\n"
+        "from worker.tasks import story_outline, story_expand, story_dialogue\n"
+        "story = chain(story_outline.s('space', max_new_tokens=4),"
+        " story_expand.s(max_new_tokens=4), story_dialogue.s(max_new_tokens=4))()\n"
+        "print(sorted(story.get(timeout=60)))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -162,7 +167,7 @@ def test_tasks_are_plain_celery_tasks_from_a_python_shell(stack_env: dict[str, s
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "8"
+    assert done.stdout.split() == ["8", "['text']"]
 
 
 def test_the_api_imports_neither_torch_nor_transformers():

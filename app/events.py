@@ -1,0 +1,240 @@
+"""Live job events: Celery's state updates, pushed from Redis pub/sub to SSE clients.
+
+Celery's Redis backend SETs and PUBLISHes every state of a task on the channel
+``celery-task-meta-<task id>``. :class:`EventHub` holds one pub/sub connection per API
+process and fans messages out to the streams that listen; :func:`job_events` turns a
+job's step updates into the events of the API contract (``status``, ``progress``,
+``output``, ``done``). Each stream subscribes first and reads the job after, so no
+update falls between the two.
+
+Event ids are ``<n>-<chars of step 1>.<chars of step 2>…``: ``n`` increases by one per
+event, and the character counts say how much of each step's text the client has. A
+client that reconnects with ``Last-Event-ID`` gets exactly the text it missed.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.exceptions
+from fastapi.sse import ServerSentEvent
+
+from app.core.redis import AsyncRedis
+from app.store import CELERY_META_PREFIX, StoredJob
+from contracts.jobs import JobPublic, JobStatus
+
+logger = logging.getLogger(__name__)
+
+Inbox = asyncio.Queue[tuple[str, bytes]]
+#: How long a new stream waits for Redis to confirm its subscriptions.
+SUBSCRIBE_TIMEOUT = 5.0
+
+
+class EventHub:
+    """One Redis pub/sub connection per API process, shared by every SSE stream."""
+
+    def __init__(self, redis: AsyncRedis) -> None:
+        self._pubsub = redis.pubsub()
+        self._listeners: dict[str, set[Inbox]] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._read(), name="event-hub")
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._pubsub.aclose()
+
+    def channels(self) -> int:
+        return len(self._listeners)
+
+    @contextlib.asynccontextmanager
+    async def subscription(self, channels: list[str]) -> AsyncIterator[Inbox]:
+        """Messages of ``channels`` until the block ends; subscribed when it begins."""
+        inbox: Inbox = asyncio.Queue()
+        try:
+            await self._add(channels, inbox)
+            yield inbox
+        finally:
+            # Shielded: a client that hangs up cancels its stream, not this cleanup.
+            await asyncio.shield(self._remove(channels, inbox))
+
+    async def _add(self, channels: list[str], inbox: Inbox) -> None:
+        async with self._lock:
+            new = []
+            for channel in channels:
+                listeners = self._listeners.setdefault(channel, set())
+                if not listeners:
+                    new.append(channel)
+                    self._confirmed[channel] = asyncio.Event()
+                listeners.add(inbox)
+            if new:
+                await self._pubsub.subscribe(*new)
+        waits = [self._confirmed[channel].wait() for channel in channels]
+        await asyncio.wait_for(asyncio.gather(*waits), SUBSCRIBE_TIMEOUT)
+
+    async def _remove(self, channels: list[str], inbox: Inbox) -> None:
+        async with self._lock:
+            gone = []
+            for channel in channels:
+                listeners = self._listeners.get(channel, set())
+                listeners.discard(inbox)
+                if not listeners:
+                    self._listeners.pop(channel, None)
+                    self._confirmed.pop(channel, None)
+                    gone.append(channel)
+            if gone:
+                try:
+                    await self._pubsub.unsubscribe(*gone)
+                except redis.exceptions.RedisError:
+                    logger.warning("could not unsubscribe %d channels", len(gone))
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                if not self._pubsub.subscribed:
+                    await asyncio.sleep(0.05)
+                    continue
+                message = await self._pubsub.get_message(timeout=1.0)
+            except redis.exceptions.RedisError as error:
+                logger.warning("event hub: %s; reconnecting", error)
+                await asyncio.sleep(0.5)
+                continue
+            if message is None:
+                continue
+            channel = message["channel"].decode()
+            if message["type"] == "subscribe":
+                confirmed = self._confirmed.get(channel)
+                if confirmed is not None:
+                    confirmed.set()
+            elif message["type"] == "message":
+                for inbox in self._listeners.get(channel, ()):
+                    inbox.put_nowait((channel, message["data"]))
+
+
+@dataclass
+class Cursor:
+    """What this client has been sent: the event count and each step's text length."""
+
+    sent: list[int]
+    seq: int = 0
+    progress: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def resume(cls, last_event_id: str | None, steps: int) -> "Cursor":
+        try:
+            seq, offsets = (last_event_id or "").split("-", 1)
+            sent = [int(part) for part in offsets.split(".")]
+            if len(sent) == steps and all(n >= 0 for n in sent):
+                return cls(sent=sent, seq=int(seq))
+        except ValueError:
+            pass
+        return cls(sent=[0] * steps)
+
+    def event(self, name: str, data: Any) -> ServerSentEvent:
+        self.seq += 1
+        return ServerSentEvent(
+            event=name, data=data, id=f"{self.seq}-{'.'.join(map(str, self.sent))}"
+        )
+
+
+def step_text(meta: dict[str, Any] | None) -> str | None:
+    """The text a step has generated so far: in its progress, or in its final result."""
+    result = meta.get("result") if meta else None
+    if isinstance(result, dict) and isinstance(result.get("text"), str):
+        return str(result["text"])
+    return None
+
+
+def _outputs(cursor: Cursor, job: StoredJob) -> Iterator[ServerSentEvent]:
+    for index, (step, meta) in enumerate(zip(job.record.steps, job.metas, strict=True)):
+        yield from _output(cursor, index, step.name, meta)
+
+
+def _output(
+    cursor: Cursor, index: int, step: str, meta: dict[str, Any] | None
+) -> Iterator[ServerSentEvent]:
+    text = step_text(meta)
+    if text is None or len(text) <= cursor.sent[index]:
+        return
+    delta = text[cursor.sent[index] :]
+    cursor.sent[index] = len(text)
+    yield cursor.event("output", {"delta": delta, "step": step})
+
+
+def _progress(
+    cursor: Cursor, index: int, step: str, meta: dict[str, Any]
+) -> Iterator[ServerSentEvent]:
+    info = meta.get("result")
+    if meta.get("status") != "PROGRESS" or not isinstance(info, dict) or "total" not in info:
+        return
+    current = (info.get("current"), info["total"], info.get("message"))
+    if cursor.progress.get(index) == current:
+        return
+    cursor.progress[index] = current
+    yield cursor.event(
+        "progress",
+        {"current": current[0], "total": current[1], "message": current[2], "step": step},
+    )
+
+
+def _shape(job: JobPublic) -> tuple[JobStatus, tuple[JobStatus, ...]]:
+    return job.status, tuple(step.status for step in job.steps)
+
+
+async def job_events(
+    *,
+    hub: EventHub,
+    load: Callable[[], Any],
+    show: Callable[[StoredJob], JobPublic],
+    first: StoredJob,
+    last_event_id: str | None,
+    heartbeat: float,
+) -> AsyncIterator[ServerSentEvent]:
+    """The job's events until it ends: ``load()`` reads the job again from Redis."""
+    steps = first.record.steps
+    index_of = {CELERY_META_PREFIX + step.task_id: i for i, step in enumerate(steps)}
+    cursor = Cursor.resume(last_event_id, len(steps))
+    async with hub.subscription(list(index_of)) as inbox:
+        job: StoredJob = await load()
+        public = show(job)
+        yield cursor.event("status", public.model_dump(mode="json"))
+        for event in _outputs(cursor, job):
+            yield event
+        shape = _shape(public)
+        while not public.status.finished:
+            try:
+                channel, data = await asyncio.wait_for(inbox.get(), heartbeat)
+            except TimeoutError:
+                yield ServerSentEvent(comment="heartbeat")
+                changed = True  # look again: expiry, or an update that pub/sub lost
+            else:
+                index, meta = index_of[channel], json.loads(data)
+                for event in _progress(cursor, index, steps[index].name, meta):
+                    yield event
+                for event in _output(cursor, index, steps[index].name, meta):
+                    yield event
+                changed = (
+                    meta.get("status") != "PROGRESS"
+                    or public.steps[index].status is not JobStatus.RUNNING
+                )
+            if not changed:
+                continue
+            job = await load()
+            public = show(job)
+            for event in _outputs(cursor, job):
+                yield event
+            if _shape(public) != shape:
+                shape = _shape(public)
+                if not public.status.finished:
+                    yield cursor.event("status", public.model_dump(mode="json"))
+        yield cursor.event("done", public.model_dump(mode="json"))

@@ -1,0 +1,140 @@
+"""Live job events over SSE: pushed from Redis, streamed text, exact resume, heartbeats."""
+
+import time
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import wait_for, wait_for_job
+from tests.support.sse import Comment, Event, events, read_stream, text_of
+
+pytestmark = pytest.mark.e2e
+
+
+def submit(client: httpx.Client, kind: str = "generate", **body) -> dict:
+    response = client.post("/v1/jobs", json={"kind": kind, **body})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def sequence_numbers(received: list[Event]) -> list[int]:
+    return [int(e.id.split("-")[0]) for e in received]
+
+
+def test_a_generate_job_streams_status_then_text_then_done(client: httpx.Client):
+    job = submit(
+        client, input={"prompt": "SLOW: Once upon a time", "max_new_tokens": 20, "seed": 4}
+    )
+    received = events(client, job["id"])
+    names = [e.event for e in received]
+    assert names[0] == "status"
+    assert received[0].data["id"] == job["id"]
+    assert names[-1] == "done"
+    assert names.count("output") >= 2, names  # streamed, not delivered at the end
+    assert "progress" in names
+    progress = [e.data for e in received if e.event == "progress"]
+    assert all(p["step"] == "generate" and p["total"] == 20 for p in progress)
+    final = received[-1].data
+    assert final["status"] == "succeeded"
+    assert text_of(received) == final["output"]["text"]
+    numbers = sequence_numbers(received)
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+
+
+def test_resume_with_last_event_id_is_exact(client: httpx.Client):
+    job = submit(client, input={"prompt": "SLOW: The weather", "max_new_tokens": 30, "seed": 8})
+    first: list[Event] = []
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events", timeout=60) as response:
+        for item in read_stream(response):
+            if isinstance(item, Event):
+                first.append(item)
+            if sum(e.event == "output" for e in first) == 2:
+                break  # the client drops the connection mid-generation
+    rest = events(client, job["id"], last_event_id=first[-1].id)
+    assert rest[0].event == "status"  # every connection starts with a snapshot
+    assert rest[-1].event == "done"
+    final_text = rest[-1].data["output"]["text"]
+    assert text_of(first) + text_of(rest) == final_text
+    assert sequence_numbers(rest)[0] > sequence_numbers(first)[-1]
+
+    # Also once the job has ended: the same resume point gives the same missing text.
+    after = events(client, job["id"], last_event_id=first[-1].id)
+    assert text_of(first) + text_of(after) == final_text
+    assert [e.event for e in after][-1] == "done"
+
+
+def test_a_finished_job_gets_its_snapshot_and_done_at_once(client: httpx.Client):
+    job = submit(client, "sentiment", input={"text": "I love it."})
+    wait_for_job(client, job["id"])
+    received = events(client, job["id"])
+    assert [e.event for e in received] == ["status", "done"]
+    assert received[0].data["status"] == received[1].data["status"] == "succeeded"
+    assert received[1].data["output"]["label"] == "POSITIVE"
+
+
+def test_idle_streams_get_heartbeats(client: httpx.Client):
+    job = submit(client, input={"prompt": "Later"}, delay_seconds=3)
+    comments = 0
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events", timeout=30) as response:
+        for item in read_stream(response):
+            if isinstance(item, Comment):
+                comments += 1
+                if comments == 2:
+                    break
+    assert comments == 2
+    client.delete(f"/v1/jobs/{job['id']}")
+
+
+def test_a_client_that_goes_away_leaves_no_subscription(client: httpx.Client, redis_url: str):
+    job = submit(client, input={"prompt": "Later"}, delay_seconds=5)
+    store = redis.Redis.from_url(redis_url)
+    # The registry maps each step's Celery task id to its job: find the step's channel.
+    [channel] = [
+        f"celery-task-meta-{key.decode().removeprefix('llm_tasks:task:')}"
+        for key in store.scan_iter("llm_tasks:task:*")
+        if store.get(key) == job["id"].encode()
+    ]
+
+    def subscribers() -> int:
+        return int(dict(store.pubsub_numsub(channel))[channel.encode()])
+
+    before = subscribers()
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events", timeout=30) as response:
+        next(read_stream(response))  # the status snapshot: subscribed by now
+        assert subscribers() == before + 1
+    deadline = time.monotonic() + 10
+    while subscribers() != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert subscribers() == before
+    client.delete(f"/v1/jobs/{job['id']}")
+
+
+def test_a_workflow_streams_each_step(client: httpx.Client):
+    job = submit(client, "story", input={"topic": "SLOW: a comet", "max_new_tokens": 6, "seed": 2})
+    received = events(client, job["id"])
+    final = received[-1].data
+    assert received[-1].event == "done" and final["status"] == "succeeded"
+    for step, part in (("outline", "outline"), ("expand", "story"), ("dialogue", "dialogue")):
+        assert text_of(received, step) == final["output"][part]
+    statuses = [e.data for e in received if e.event == "status"]
+    running_steps = {
+        s["name"] for snap in statuses for s in snap["steps"] if s["status"] == "running"
+    }
+    assert running_steps == {"outline", "expand", "dialogue"}
+
+
+def test_a_canceled_job_ends_its_stream(client: httpx.Client):
+    job = submit(client, input={"prompt": "SLOW: on and on", "max_new_tokens": 90})
+    wait_for(client, job["id"], lambda j: j["status"] == "running")
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events", timeout=30) as response:
+        client.delete(f"/v1/jobs/{job['id']}")
+        received = [item for item in read_stream(response) if isinstance(item, Event)]
+    assert received[-1].event == "done"
+    assert received[-1].data["status"] == "canceled"
+
+
+def test_events_of_an_unknown_job_are_404(client: httpx.Client):
+    response = client.get("/v1/jobs/nope/events")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
