@@ -9,7 +9,7 @@ from app.core.config import ApiSettings, get_settings
 from app.core.redis import connect
 from app.errors import install_error_handlers
 from app.events import EventHub
-from app.routes import health, jobs
+from app.routes import health, jobs, page
 from contracts.celery_config import create_celery_app
 
 DESCRIPTION = """
@@ -47,6 +47,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(health.router)
+    app.include_router(page.router)
     return app
 
 

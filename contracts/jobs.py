@@ -116,6 +116,27 @@ JobCreate = Annotated[
     | ReplyJob,
     Field(discriminator="kind"),
 ]
+JOB_MODELS: tuple[type[JobOptions], ...] = (
+    GenerateJob,
+    LongTextJob,
+    SummarizeJob,
+    SentimentJob,
+    StoryJob,
+    VariationsJob,
+    DocumentJob,
+    ReplyJob,
+)
+
+
+def job_examples() -> list[tuple[str, type[JobOptions], dict[str, Any]]]:
+    """Each kind, its job model and the example input its schema documents."""
+    examples = []
+    for model in JOB_MODELS:
+        kind = model.model_fields["kind"].annotation.__args__[0]  # type: ignore[union-attr]
+        input_model = model.model_fields["input"].annotation
+        extra = input_model.model_config.get("json_schema_extra") or {}  # type: ignore[union-attr]
+        examples.append((kind, model, extra["examples"][0]))
+    return examples
 
 
 class Progress(BaseModel):

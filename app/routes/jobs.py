@@ -14,7 +14,8 @@ from app.errors import InputRejected, JobFinished
 from app.events import job_events
 from app.status import build_job
 from app.store import StoredJob, decode_cursor, encode_cursor, score_of
-from contracts.jobs import JobCreate, JobPage, JobPublic, JobStatus, JobUrls
+from contracts.celery_config import DEFAULT_PRIORITY
+from contracts.jobs import JobCreate, JobPage, JobPublic, JobStatus, JobUrls, job_examples
 from contracts.names import JobKind
 from contracts.schemas import limit_violations
 
@@ -23,15 +24,13 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 LIST_SCAN_PAGES = 10
 
 PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+#: One example per kind, from each input schema's own example (shown by /docs and the page).
 EXAMPLES: dict[str, Any] = {
-    "generate": {
-        "summary": "Generate text",
-        "value": {
-            "kind": "generate",
-            "input": {"prompt": "Once upon a time", "max_new_tokens": 40, "temperature": 0.8},
-            "priority": 5,
-        },
-    },
+    kind: {
+        "summary": (model.__doc__ or kind).strip(),
+        "value": {"kind": kind, "input": example, "priority": DEFAULT_PRIORITY},
+    }
+    for kind, model, example in job_examples()
 }
 
 
