@@ -111,6 +111,9 @@ def build_job(
     elif never_started and record.expires_at is not None and now >= record.expires_at:
         statuses = [JobStatus.EXPIRED] * len(statuses)
     status = job_status(statuses)
+    if status is JobStatus.FAILED:
+        # Steps a failure left unstarted will never run: Celery fails them too, a moment later.
+        statuses = [JobStatus.FAILED if s is JobStatus.QUEUED else s for s in statuses]
 
     steps = [
         StepPublic(name=step.name, status=state, progress=task_progress(meta))

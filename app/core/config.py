@@ -18,6 +18,9 @@ class ApiSettings(CommonSettings):
         gt=0,
         description="Seconds of silence before an event stream gets a heartbeat.",
     )
+    redis_max_connections: int = Field(
+        default=16, ge=2, description="Redis connections one API process opens at most."
+    )
     redis_timeout: float = Field(
         default=2.0, gt=0, description="Seconds to wait for Redis before answering 503."
     )

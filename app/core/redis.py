@@ -8,11 +8,18 @@ AsyncRedis = aioredis.Redis
 
 
 def connect(url: str, settings: ApiSettings) -> AsyncRedis:
-    """A connection pool for ``url``; nothing is connected until the first command."""
-    client: AsyncRedis = aioredis.Redis.from_url(
+    """A bounded connection pool for ``url``; nothing is connected until the first command.
+
+    Bounded, so that a burst of clients queues for a connection (up to ``redis_timeout``)
+    instead of opening one each: live events need one pub/sub connection per process,
+    whatever the number of streams.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
         socket_timeout=settings.redis_timeout,
         health_check_interval=30,
     )
-    return client
+    return aioredis.Redis(connection_pool=pool)
