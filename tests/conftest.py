@@ -5,6 +5,7 @@ the API under uvicorn, driven over real sockets. Nothing is mocked.
 """
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ TEST_HEARTBEAT = 0.5
 @pytest.fixture(scope="session")
 def log_dir() -> Path:
     path = ARTIFACTS / "logs"
+    shutil.rmtree(path, ignore_errors=True)  # this run's logs only
     path.mkdir(parents=True, exist_ok=True)
     return path
 

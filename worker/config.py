@@ -15,8 +15,16 @@ class WorkerSettings(CommonSettings):
     summarizer_model: str = Field(default="tiny", description="Seq2seq model for summaries.")
     classifier_model: str = Field(default="tiny", description="Sentiment classifier.")
     device: str = Field(default="auto", description="`auto`, `cpu` or `cuda:N`.")
+    batch_max_size: int = Field(
+        default=32, ge=1, description="Most requests in one forward pass; 1 turns batching off."
+    )
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0, description="How long a batch waits for company before it runs."
+    )
     worker_concurrency: int = Field(
-        default=16, ge=1, description="Tasks a worker runs at once (threads)."
+        default=64,
+        ge=1,
+        description="Tasks a worker runs at once (threads): enough to fill the batches.",
     )
     max_retries: int = Field(default=3, ge=0, description="Retries of a transient error.")
     retry_backoff: float = Field(

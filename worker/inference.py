@@ -1,49 +1,24 @@
-"""Plain inference functions: no Celery here, so tests and benchmarks call them directly."""
+"""What the tasks call: generation, classification and summarization, batched.
+
+Plain functions, no Celery: tests and benchmarks call them directly. Each request goes
+through its model's micro-batcher (:mod:`worker.batching`), which shares forward passes
+between concurrent requests.
+"""
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal, cast
-
-import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from typing import Any, Literal
 
 from contracts.schemas import GenerateOutput
+from worker.batching import DecodeRow, Sentiment, SummaryRequest, batcher_for
 from worker.errors import Canceled
 from worker.models import LoadedModel
 
 StopCheck = Callable[[], bool]
-#: Told the tokens generated so far and their text, after each new token.
-OnText = Callable[[int, str], None]
+#: Told the tokens generated so far, after each new one (it throttles itself).
+OnTokens = Callable[[list[int]], None]
 
-
-class _EachToken(StoppingCriteria):
-    """Runs after every generated token: reports the text so far, and stops all rows once
-    ``should_stop()`` says so (a cooperative cancel: nothing is killed)."""
-
-    def __init__(
-        self,
-        *,
-        offset: int,
-        done: list[int],
-        tokenizer: Any,
-        should_stop: StopCheck | None,
-        on_text: OnText | None,
-    ) -> None:
-        self._offset = offset  # where this round's new tokens begin in input_ids
-        self._done = done  # tokens generated in earlier rounds
-        self._tokenizer = tokenizer
-        self._should_stop = should_stop
-        self._on_text = on_text
-
-    def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **_: object
-    ) -> torch.BoolTensor:
-        if self._on_text is not None:
-            tokens = self._done + input_ids[0, self._offset :].tolist()
-            self._on_text(len(tokens), stable_text(self._tokenizer, tokens))
-        stop = bool(self._should_stop and self._should_stop())
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+__all__ = ["Sentiment", "classify", "generate_text", "stable_text", "summarize"]
 
 
 def stable_text(tokenizer: Any, tokens: list[int]) -> str:
@@ -55,17 +30,6 @@ def stable_text(tokenizer: Any, tokens: list[int]) -> str:
     return text.rstrip("\ufffd")
 
 
-def _generative(loaded: LoadedModel) -> Any:
-    """The model, for ``generate``: transformers' own annotations of it do not type-check."""
-    return loaded.model
-
-
-@dataclass(frozen=True)
-class Sentiment:
-    label: str
-    score: float
-
-
 def generate_text(
     loaded: LoadedModel,
     *,
@@ -75,59 +39,47 @@ def generate_text(
     top_p: float,
     seed: int | None,
     should_stop: StopCheck | None = None,
-    on_text: OnText | None = None,
+    on_tokens: OnTokens | None = None,
 ) -> GenerateOutput:
-    """Continue ``prompt``; when prompt and continuation outgrow the context window, the
-    oldest tokens are dropped from what the model sees (never an error).
+    """Continue ``prompt``. When prompt and continuation outgrow the context window, the
+    oldest tokens are dropped from what the model sees (never an error): the text is
+    written in rounds that each fit the window.
 
-    ``on_text`` hears the text generated so far after every token (it throttles itself);
-    ``should_stop`` is asked after every token: once it answers yes, the generation ends
-    there and :class:`~worker.errors.Canceled` is raised.
+    ``on_tokens`` hears the tokens generated so far after each new one; ``should_stop``
+    is asked after each token, and once it answers yes the generation ends there and
+    :class:`~worker.errors.Canceled` is raised.
     """
-    tokenizer, model = loaded.tokenizer, _generative(loaded)
+    tokenizer = loaded.tokenizer
     prompt_ids: list[int] = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
     window = loaded.context_window
-    eos_id = tokenizer.eos_token_id
+    seed = seed if seed is not None else secrets.randbits(32)
     generated: list[int] = []
     finish_reason: Literal["length", "stop"] = "length"
     seen_prompt_tokens = 0
-    with loaded.lock, torch.inference_mode():
-        torch.manual_seed(seed if seed is not None else secrets.randbits(32))
-        while len(generated) < max_new_tokens:
-            remaining = max_new_tokens - len(generated)
-            context = prompt_ids + generated
-            step = remaining if len(context) + remaining <= window else min(remaining, window // 2)
-            context = context[-(window - step) :] or [eos_id]
-            if not generated:
-                seen_prompt_tokens = len(context)
-            input_ids = torch.tensor([context], device=loaded.device)
-            each_token = _EachToken(
-                offset=len(context),
-                done=list(generated),
-                tokenizer=tokenizer,
-                should_stop=should_stop,
-                on_text=on_text,
-            )
-            output = model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
+    while len(generated) < max_new_tokens:
+        remaining = max_new_tokens - len(generated)
+        context = prompt_ids + generated
+        step = remaining if len(context) + remaining <= window else min(remaining, window // 2)
+        context = context[-(window - step) :] or [tokenizer.eos_token_id]
+        if not generated:
+            seen_prompt_tokens = len(context)
+        decoded = batcher_for(loaded).submit(
+            DecodeRow(
+                context=context,
                 max_new_tokens=step,
-                do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None,
-                top_p=top_p if temperature > 0 else None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=eos_id,
-                stopping_criteria=StoppingCriteriaList([each_token]),
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed + len(generated),  # each round draws afresh, reproducibly
+                should_stop=should_stop,
+                on_tokens=_after(generated, on_tokens),
             )
-            new_tokens = output[0, input_ids.shape[1] :].tolist()
-            if eos_id in new_tokens:
-                generated += new_tokens[: new_tokens.index(eos_id)]
-                finish_reason = "stop"
-                break
-            generated += new_tokens
-            if should_stop is not None and should_stop():
-                raise Canceled(f"canceled after {len(generated)} of {max_new_tokens} tokens")
+        )
+        generated += decoded.tokens
+        if decoded.finish_reason == "canceled":
+            raise Canceled(f"canceled after {len(generated)} of {max_new_tokens} tokens")
+        if decoded.finish_reason == "stop":
+            finish_reason = "stop"
+            break
     return GenerateOutput(
         text=tokenizer.decode(
             generated, skip_special_tokens=True, clean_up_tokenization_spaces=False
@@ -139,41 +91,23 @@ def generate_text(
     )
 
 
+def _after(earlier: list[int], on_tokens: OnTokens | None) -> OnTokens | None:
+    """Reports a round's tokens preceded by those of the earlier rounds."""
+    if on_tokens is None:
+        return None
+    done = list(earlier)
+    return lambda tokens: on_tokens(done + tokens)
+
+
 def classify(loaded: LoadedModel, texts: list[str]) -> list[Sentiment]:
     """Label each text with the classifier's most likely class and its probability."""
-    tokenizer, model = loaded.tokenizer, loaded.model
-    encoded = tokenizer(
-        texts,
-        padding=True,
-        truncation=True,
-        max_length=min(loaded.context_window, tokenizer.model_max_length),
-        return_tensors="pt",
-    ).to(loaded.device)
-    with loaded.lock, torch.inference_mode():
-        probabilities = model(**encoded).logits.float().softmax(dim=-1)
-    scores, indices = probabilities.max(dim=-1)
-    labels = cast(dict[int, str], model.config.id2label)
-    return [
-        Sentiment(label=labels[int(index)], score=float(score))
-        for score, index in zip(scores, indices, strict=True)
-    ]
+    results: list[Sentiment] = batcher_for(loaded).submit_many(texts)
+    return results
 
 
 def summarize(loaded: LoadedModel, *, text: str, min_new_tokens: int, max_new_tokens: int) -> str:
-    """Summarize with the seq2seq model's own ``generate`` (transformers 5 has no pipeline)."""
-    tokenizer, model = loaded.tokenizer, _generative(loaded)
-    encoded = tokenizer(
-        text,
-        truncation=True,
-        max_length=min(loaded.context_window, tokenizer.model_max_length),
-        return_tensors="pt",
-    ).to(loaded.device)
-    with loaded.lock, torch.inference_mode():
-        output = model.generate(
-            **encoded,
-            min_new_tokens=min_new_tokens,
-            max_new_tokens=max_new_tokens,
-            num_beams=1,
-            do_sample=False,
-        )
-    return str(tokenizer.decode(output[0], skip_special_tokens=True)).strip()
+    """Summarize with the seq2seq model's own ``generate``."""
+    summary: str = batcher_for(loaded).submit(
+        SummaryRequest(text=text, min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens)
+    )
+    return summary

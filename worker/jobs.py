@@ -102,12 +102,47 @@ class CancelToken:
         return self._set
 
 
+class ProgressReporter:
+    """Publishes a step's progress, with its text so far, for live events.
+
+    At most once per ``progress_interval`` unless forced, since each update is a Redis
+    write. Bound to the step's task id, so that the batcher's thread may call it too.
+    """
+
+    def __init__(self, task: Task, task_id: str) -> None:
+        self._task = task
+        self._task_id = task_id
+        self._interval = get_settings().progress_interval
+        self._published_at: float | None = None
+
+    def due(self) -> bool:
+        return self._published_at is None or time.monotonic() - self._published_at >= self._interval
+
+    def report(
+        self,
+        *,
+        current: int,
+        total: int,
+        message: str,
+        text: str | None = None,
+        force: bool = False,
+    ) -> None:
+        if not force and not self.due():
+            return
+        self._published_at = time.monotonic()
+        meta: dict[str, Any] = {"current": current, "total": total, "message": message}
+        if text is not None:
+            meta["text"] = text
+        self._task.backend.store_result(self._task_id, meta, "PROGRESS")
+
+
 class JobTask(Task):  # type: ignore[misc]
     """Base of every task of the service."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         job_id, canceled = self._start_step()
         self.request.cancel_token = CancelToken(self.request.id, job_id)
+        self.request.progress = ProgressReporter(self, self.request.id)
         if canceled or self.request.cancel_token():
             self._stop_canceled("canceled before it started")
         try:
@@ -132,26 +167,11 @@ class JobTask(Task):  # type: ignore[misc]
                 exc=error, countdown=countdown, max_retries=get_settings().max_retries
             ) from error
 
-    def report_progress(
-        self,
-        *,
-        current: int,
-        total: int,
-        message: str,
-        text: str | None = None,
-        force: bool = False,
-    ) -> None:
-        """Publish the step's progress (and its text so far) for live events: at most once
-        per ``progress_interval`` unless ``force``d, since each update is a Redis write."""
-        now = time.monotonic()
-        last = getattr(self.request, "progress_at", None)
-        if not force and last is not None and now - last < get_settings().progress_interval:
-            return
-        self.request.progress_at = now
-        meta: dict[str, Any] = {"current": current, "total": total, "message": message}
-        if text is not None:
-            meta["text"] = text
-        self.update_state(state="PROGRESS", meta=meta)
+    @property
+    def progress(self) -> "ProgressReporter":
+        """The running step's progress reporter (read it in the task's own thread)."""
+        reporter: ProgressReporter = self.request.progress
+        return reporter
 
     @property
     def should_stop(self) -> CancelToken:

@@ -9,6 +9,7 @@ Workflow steps receive the previous step's result as their first argument (chain
 the list of the parallel steps' results (chord bodies): no task waits on another.
 """
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -74,24 +75,28 @@ def _validated(schema: type[T], payload: dict[str, Any]) -> T:
     return value
 
 
+OnText = Callable[[int, str], None]
+
+
 def _generate(
-    task: JobTask, prompt: str, on_text: inference.OnText | None = None, **options: Any
+    task: JobTask, prompt: str, on_text: OnText | None = None, **options: Any
 ) -> GenerateOutput:
     """Generate, streaming the text into the task's progress and stopping if canceled."""
     total = options["max_new_tokens"]
-
-    def report_tokens(tokens: int, text: str) -> None:
-        task.report_progress(
-            current=tokens, total=total, message=f"{tokens} of {total} tokens", text=text
-        )
-
     loaded = get_registry().get(ModelRole.GENERATOR)
+    progress = task.progress  # called back from the batcher's thread: bind it here
+
+    def report_tokens(count: int, text: str) -> None:
+        progress.report(current=count, total=total, message=f"{count} of {total} tokens", text=text)
+
+    report = on_text or report_tokens
+
+    def stream(tokens: list[int]) -> None:
+        if progress.due():  # decode only when an update will be published
+            report(len(tokens), inference.stable_text(loaded.tokenizer, tokens))
+
     return inference.generate_text(
-        loaded,
-        prompt=prompt,
-        should_stop=task.should_stop,
-        on_text=on_text or report_tokens,
-        **options,
+        loaded, prompt=prompt, should_stop=task.should_stop, on_tokens=stream, **options
     )
 
 
@@ -129,12 +134,13 @@ def generate_long_text(self: JobTask, prompt: str, **options: Any) -> dict[str, 
     """Write ``chunks`` chunks one after the other, reporting progress after each."""
     payload = _validated(LongTextInput, {"prompt": prompt, **options})
     text, tokens, model = "", 0, ""
+    progress = self.progress
     for index in range(payload.chunks):
 
         def report_chunk(
             _tokens: int, chunk_text: str, index: int = index, written: str = text
         ) -> None:
-            self.report_progress(
+            progress.report(
                 current=index,
                 total=payload.chunks,
                 message=f"writing chunk {index + 1} of {payload.chunks}",
@@ -151,7 +157,7 @@ def generate_long_text(self: JobTask, prompt: str, **options: Any) -> dict[str, 
             seed=None if payload.seed is None else payload.seed + index,
         )
         text, tokens, model = text + chunk.text, tokens + chunk.tokens, chunk.model
-        self.report_progress(
+        progress.report(
             current=index + 1,
             total=payload.chunks,
             message=f"chunk {index + 1} of {payload.chunks} written",

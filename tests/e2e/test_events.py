@@ -99,14 +99,16 @@ def test_a_client_that_goes_away_leaves_no_subscription(client: httpx.Client, re
     def subscribers() -> int:
         return int(dict(store.pubsub_numsub(channel))[channel.encode()])
 
-    before = subscribers()
+    assert subscribers() == 0
     with client.stream("GET", f"/v1/jobs/{job['id']}/events", timeout=30) as response:
-        next(read_stream(response))  # the status snapshot: subscribed by now
-        assert subscribers() == before + 1
-    deadline = time.monotonic() + 10
-    while subscribers() != before and time.monotonic() < deadline:
+        first = next(read_stream(response))
+        assert isinstance(first, Event), first
+        assert first.event == "status"  # sent once subscribed
+        assert subscribers() == 1
+    deadline = time.monotonic() + 15
+    while subscribers() != 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert subscribers() == before
+    assert subscribers() == 0, "the stream's subscription outlived its client"
     client.delete(f"/v1/jobs/{job['id']}")
 
 
