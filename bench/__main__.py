@@ -1,14 +1,20 @@
 """``make bench``: run the benchmarks, write bench/results/*.json.
 
-``python -m bench [NAME ...]`` runs only the named ones (startup, kinds, events).
+``python -m bench [NAME ...]`` runs only the named ones (startup, kinds, events, throughput);
+``--full`` runs the long versions (meant for a GPU machine).
 """
 
 import sys
 
-from bench import events, kinds, startup
+from bench import events, kinds, startup, throughput
 
-BENCHMARKS = {"startup": startup.main, "kinds": kinds.main, "events": events.main}
+BENCHMARKS = {
+    "startup": startup.main,
+    "kinds": kinds.main,
+    "events": events.main,
+    "throughput": throughput.main,
+}
 
 if __name__ == "__main__":
-    for name in sys.argv[1:] or list(BENCHMARKS):
+    for name in [arg for arg in sys.argv[1:] if not arg.startswith("--")] or list(BENCHMARKS):
         BENCHMARKS[name]()

@@ -1,0 +1,153 @@
+"""The micro-batcher: concurrent requests share forward passes, each row keeps its own
+parameters, stream and cancellation, and out-of-memory splits a batch."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from worker.batching import (
+    DecodeRow,
+    MicroBatcher,
+    Pending,
+    _by_length,
+    decode_batch,
+)
+from worker.config import WorkerSettings
+from worker.models import LoadedModel, ModelRegistry, ModelRole
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_models_dir: Path) -> LoadedModel:
+    return ModelRegistry(WorkerSettings(model_cache_dir=tiny_models_dir.parent)).get(
+        ModelRole.GENERATOR
+    )
+
+
+def context(generator: LoadedModel, text: str) -> list[int]:
+    return generator.tokenizer(text)["input_ids"]
+
+
+def batcher(generator: LoadedModel, max_size: int = 16, wait_ms: float = 200) -> MicroBatcher:
+    return MicroBatcher(generator, decode_batch, max_size=max_size, wait_ms=wait_ms)
+
+
+def test_concurrent_rows_with_different_parameters_share_passes(generator: LoadedModel):
+    engine = batcher(generator)
+    rows = [
+        DecodeRow(context(generator, "Once upon a time"), 5, 0.0, 1.0, seed=1),
+        DecodeRow(context(generator, "The weather will be"), 12, 0.7, 0.9, seed=2),
+        DecodeRow(context(generator, "A task queue lets a program run"), 20, 1.3, 0.5, seed=3),
+        DecodeRow(context(generator, "Hi"), 8, 1.0, 1.0, seed=4),
+    ]
+    with ThreadPoolExecutor(len(rows)) as pool:
+        results = list(pool.map(engine.submit, rows))
+    assert engine.batch_sizes == [4]  # one batch for all four
+    assert [len(result.tokens) for result in results] == [5, 12, 20, 8]
+    assert all(result.finish_reason == "length" for result in results)
+
+
+def test_a_row_gives_the_same_text_alone_and_in_a_batch(generator: LoadedModel):
+    def row(seed: int) -> DecodeRow:
+        return DecodeRow(context(generator, "The market was busy"), 16, 0.8, 0.95, seed=seed)
+
+    alone = batcher(generator, max_size=1).submit(row(7))
+    engine = batcher(generator)
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(engine.submit, [row(7), row(8), row(9), row(10)]))
+    assert together[0].tokens == alone.tokens  # the row's own generator, whatever its company
+    assert together[1].tokens != together[0].tokens
+
+
+def test_a_finished_row_hands_its_result_back_at_once(generator: LoadedModel):
+    engine = batcher(generator)
+    finished: list[str] = []
+    stop_long = threading.Event()
+
+    def long_should_stop() -> bool:
+        return stop_long.is_set()
+
+    def run(name: str, row: DecodeRow) -> None:
+        engine.submit(row)
+        finished.append(name)
+        if name == "short":
+            stop_long.set()  # the long row is still running when the short one is back
+
+    long_row = DecodeRow(
+        context(generator, "Long"), 200, 0.8, 0.95, seed=1, should_stop=long_should_stop
+    )
+    short_row = DecodeRow(context(generator, "Short"), 3, 0.8, 0.95, seed=2)
+    threads = [
+        threading.Thread(target=run, args=("long", long_row)),
+        threading.Thread(target=run, args=("short", short_row)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert finished == ["short", "long"]
+    assert engine.batch_sizes == [2]
+
+
+def test_cancel_stops_only_its_own_row(generator: LoadedModel):
+    engine = batcher(generator)
+    streamed: list[int] = []
+    canceled = DecodeRow(
+        context(generator, "Cancel me"),
+        50,
+        0.8,
+        0.95,
+        seed=1,
+        should_stop=lambda: len(streamed) >= 4,
+        on_tokens=lambda tokens: streamed.append(len(tokens)),
+    )
+    kept = DecodeRow(context(generator, "Keep me"), 30, 0.8, 0.95, seed=2)
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(engine.submit, [canceled, kept])
+    assert first.finish_reason == "canceled"
+    assert len(first.tokens) == 4
+    assert streamed == [1, 2, 3, 4]  # streamed token by token, then stopped
+    assert second.finish_reason == "length"
+    assert len(second.tokens) == 30
+
+
+def test_out_of_memory_splits_the_batch(generator: LoadedModel):
+    seen: list[int] = []
+
+    def runner(loaded: LoadedModel, batch: list[Pending]) -> None:
+        seen.append(len(batch))
+        if len(batch) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        for pending in batch:
+            pending.future.set_result(pending.item * 10)
+
+    engine = MicroBatcher(generator, runner, max_size=8, wait_ms=200)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(engine.submit, range(8)))
+    assert results == [n * 10 for n in range(8)]
+    assert seen == [8, 4, 2, 2, 4, 2, 2]  # halved until it fits
+
+
+def test_a_lone_row_out_of_memory_is_an_error_for_its_task(generator: LoadedModel):
+    def runner(loaded: LoadedModel, batch: list[Pending]) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+    engine = MicroBatcher(generator, runner, max_size=1, wait_ms=0)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        engine.submit("row")
+
+
+def test_batching_off_runs_one_request_per_pass(generator: LoadedModel):
+    engine = batcher(generator, max_size=1)
+    rows = [DecodeRow(context(generator, f"Row {i}"), 3, 0.8, 0.95, seed=i) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(engine.submit, rows))
+    assert engine.batch_sizes == [1, 1, 1, 1]
+
+
+def test_texts_are_grouped_by_length():
+    items = [Pending(text) for text in ["a" * 3, "a" * 100, "a" * 4, "a" * 180, "a" * 5]]
+    groups = [[len(p.item) for p in group] for group in _by_length(items, len)]
+    assert groups == [[3, 4, 5], [100, 180]]
