@@ -20,12 +20,12 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from LLM_TASKS_AP
 OPEN_OWNER = "anonymous"
 
 
-def get_redis(request: Request) -> AsyncRedis:
+async def get_redis(request: Request) -> AsyncRedis:
     redis: AsyncRedis = request.app.state.redis
     return redis
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     celery: Celery = request.app.state.celery
     return celery
 
@@ -34,11 +34,11 @@ RedisDep = Annotated[AsyncRedis, Depends(get_redis)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 
-def get_store(request: Request, settings: SettingsDep) -> JobStore:
+async def get_store(request: Request, settings: SettingsDep) -> JobStore:
     return JobStore(request.app.state.redis, request.app.state.results, settings.result_expires)
 
 
-def get_owner(
+async def get_owner(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
@@ -51,7 +51,7 @@ def get_owner(
     return owners[credentials.credentials]
 
 
-def get_hub(request: Request) -> EventHub:
+async def get_hub(request: Request) -> EventHub:
     hub: EventHub = request.app.state.hub
     return hub
 
