@@ -191,50 +191,55 @@ def _shape(job: JobPublic) -> tuple[JobStatus, tuple[JobStatus, ...]]:
     return job.status, tuple(step.status for step in job.steps)
 
 
+def step_channels(job: StoredJob) -> list[str]:
+    """The pub/sub channels of the job's steps, in step order."""
+    return [CELERY_META_PREFIX + step.task_id for step in job.record.steps]
+
+
 async def job_events(
     *,
-    hub: EventHub,
+    inbox: Inbox,
     load: Callable[[], Any],
     show: Callable[[StoredJob], JobPublic],
     first: StoredJob,
     last_event_id: str | None,
     heartbeat: float,
 ) -> AsyncIterator[ServerSentEvent]:
-    """The job's events until it ends: ``load()`` reads the job again from Redis."""
+    """The job's events until it ends. ``inbox`` is already subscribed to the job's
+    channels; ``load()`` reads the job again from Redis."""
     steps = first.record.steps
-    index_of = {CELERY_META_PREFIX + step.task_id: i for i, step in enumerate(steps)}
+    index_of = {channel: i for i, channel in enumerate(step_channels(first))}
     cursor = Cursor.resume(last_event_id, len(steps))
-    async with hub.subscription(list(index_of)) as inbox:
-        job: StoredJob = await load()
+    job: StoredJob = await load()
+    public = show(job)
+    yield cursor.event("status", public.model_dump(mode="json"))
+    for event in _outputs(cursor, job):
+        yield event
+    shape = _shape(public)
+    while not public.status.finished:
+        try:
+            channel, data = await asyncio.wait_for(inbox.get(), heartbeat)
+        except TimeoutError:
+            yield ServerSentEvent(comment="heartbeat")
+            changed = True  # look again: expiry, or an update that pub/sub lost
+        else:
+            index, meta = index_of[channel], json.loads(data)
+            for event in _progress(cursor, index, steps[index].name, meta):
+                yield event
+            for event in _output(cursor, index, steps[index].name, meta):
+                yield event
+            changed = (
+                meta.get("status") != "PROGRESS"
+                or public.steps[index].status is not JobStatus.RUNNING
+            )
+        if not changed:
+            continue
+        job = await load()
         public = show(job)
-        yield cursor.event("status", public.model_dump(mode="json"))
         for event in _outputs(cursor, job):
             yield event
-        shape = _shape(public)
-        while not public.status.finished:
-            try:
-                channel, data = await asyncio.wait_for(inbox.get(), heartbeat)
-            except TimeoutError:
-                yield ServerSentEvent(comment="heartbeat")
-                changed = True  # look again: expiry, or an update that pub/sub lost
-            else:
-                index, meta = index_of[channel], json.loads(data)
-                for event in _progress(cursor, index, steps[index].name, meta):
-                    yield event
-                for event in _output(cursor, index, steps[index].name, meta):
-                    yield event
-                changed = (
-                    meta.get("status") != "PROGRESS"
-                    or public.steps[index].status is not JobStatus.RUNNING
-                )
-            if not changed:
-                continue
-            job = await load()
-            public = show(job)
-            for event in _outputs(cursor, job):
-                yield event
-            if _shape(public) != shape:
-                shape = _shape(public)
-                if not public.status.finished:
-                    yield cursor.event("status", public.model_dump(mode="json"))
-        yield cursor.event("done", public.model_dump(mode="json"))
+        if _shape(public) != shape:
+            shape = _shape(public)
+            if not public.status.finished:
+                yield cursor.event("status", public.model_dump(mode="json"))
+    yield cursor.event("done", public.model_dump(mode="json"))

@@ -1,6 +1,6 @@
 """/v1/jobs: submit a job, read it, list yours."""
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from app import dispatch
 from app.deps import CeleryDep, HubDep, OwnerDep, SettingsDep, StoreDep
 from app.errors import InputRejected, JobFinished
-from app.events import job_events
+from app.events import Inbox, job_events, step_channels
 from app.status import build_job
 from app.store import StoredJob, decode_cursor, encode_cursor, score_of
 from contracts.celery_config import DEFAULT_PRIORITY
@@ -109,6 +109,15 @@ async def find_job(job_id: str, owner: OwnerDep, store: StoreDep) -> StoredJob:
     return await store.get(job_id, owner)
 
 
+async def subscribe_to_job(
+    job: Annotated[StoredJob, Depends(find_job)], hub: HubDep
+) -> AsyncIterator[Inbox]:
+    """The job's channels, subscribed for as long as the request lasts: released when the
+    stream ends or its client goes away, not whenever its generator is collected."""
+    async with hub.subscription(step_channels(job)) as inbox:
+        yield inbox
+
+
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
@@ -117,10 +126,10 @@ async def find_job(job_id: str, owner: OwnerDep, store: StoreDep) -> StoredJob:
 async def stream_job_events(
     job_id: str,
     first: Annotated[StoredJob, Depends(find_job)],
+    inbox: Annotated[Inbox, Depends(subscribe_to_job)],
     request: Request,
     owner: OwnerDep,
     store: StoreDep,
-    hub: HubDep,
     settings: SettingsDep,
     last_event_id: Annotated[
         str | None, Header(description="Resume after this event (sent by EventSource itself).")
@@ -129,7 +138,7 @@ async def stream_job_events(
     """The job's events, live: `status` (first, then on each change), `progress`, `output`
     (generated text as it comes) and `done` (the final job; the stream then ends)."""
     async for event in job_events(
-        hub=hub,
+        inbox=inbox,
         load=lambda: store.get(job_id, owner),
         show=lambda job: _public(request, job),
         first=first,

@@ -6,6 +6,7 @@ import httpx
 import pytest
 import redis
 
+from contracts.jobs import RECORD_FIELD, JobRecord, job_key
 from tests.conftest import wait_for, wait_for_job
 from tests.support.sse import Comment, Event, events, read_stream, text_of
 
@@ -89,12 +90,10 @@ def test_idle_streams_get_heartbeats(client: httpx.Client):
 def test_a_client_that_goes_away_leaves_no_subscription(client: httpx.Client, redis_url: str):
     job = submit(client, input={"prompt": "Later"}, delay_seconds=5)
     store = redis.Redis.from_url(redis_url)
-    # The registry maps each step's Celery task id to its job: find the step's channel.
-    [channel] = [
-        f"celery-task-meta-{key.decode().removeprefix('llm_tasks:task:')}"
-        for key in store.scan_iter("llm_tasks:task:*")
-        if store.get(key) == job["id"].encode()
-    ]
+    # The job registry knows the step's Celery task id, and so its channel.
+    record = JobRecord.model_validate_json(store.hget(job_key(job["id"]), RECORD_FIELD))
+    [step] = record.steps
+    channel = f"celery-task-meta-{step.task_id}"
 
     def subscribers() -> int:
         return int(dict(store.pubsub_numsub(channel))[channel.encode()])
