@@ -66,6 +66,10 @@ def celery_config(settings: CommonSettings) -> dict[str, Any]:
         },
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout,
+            # Look for messages a dead worker left unacknowledged every tenth of the
+            # visibility timeout (kombu's default sweep is every ~100 s).
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
+            "unacked_restore_throttle": 1,
             "priority_steps": list(range(PRIORITY_LEVELS)),
             "sep": ":",
             "queue_order_strategy": "priority",

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 import torch
-from celery import Task
+from celery import Task, states
 from celery.exceptions import Ignore
 from celery.worker import state as worker_state
 
@@ -140,6 +140,8 @@ class JobTask(Task):  # type: ignore[misc]
     """Base of every task of the service."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._already_finished():
+            raise Ignore()
         job_id, canceled = self._start_step()
         self.request.cancel_token = CancelToken(self.request.id, job_id)
         self.request.progress = ProgressReporter(self, self.request.id)
@@ -178,6 +180,21 @@ class JobTask(Task):  # type: ignore[misc]
         """The running step's cancellation check, for a generation's stopping criterion."""
         token: CancelToken = self.request.cancel_token
         return token
+
+    def _already_finished(self) -> bool:
+        """A message delivered again (a worker died before acknowledging it, or the
+        visibility timeout passed) whose step has already ended must not run twice."""
+        if self.request.is_eager or not self.request.id:
+            return False
+        state = self.backend.get_task_meta(self.request.id).get("status")
+        if state in states.READY_STATES:
+            logger.warning(
+                "task %s was delivered again but already ended %s: not run again",
+                self.request.id,
+                state,
+            )
+            return True
+        return False
 
     def _start_step(self) -> tuple[str | None, bool]:
         """Stamp the job's start and attempts; returns the job id and whether it is canceled."""

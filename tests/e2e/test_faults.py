@@ -1,0 +1,126 @@
+"""Faults on the real stack: a worker killed mid-job, a message delivered twice, pickle."""
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from contracts.celery_config import create_celery_app
+from contracts.jobs import RECORD_FIELD, JobRecord, job_key
+from contracts.names import TaskName
+from contracts.settings import CommonSettings
+from tests.conftest import wait_for, wait_for_job
+from tools.stack import (
+    Process,
+    free_port,
+    http_ok,
+    start_api,
+    start_redis,
+    start_worker,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def record_of(redis_url: str, job_id: str) -> JobRecord:
+    raw = redis.Redis.from_url(redis_url).hget(job_key(job_id), RECORD_FIELD)
+    return JobRecord.model_validate_json(raw)
+
+
+def queue_drained(redis_url: str) -> bool:
+    client = redis.Redis.from_url(redis_url)
+    return all(client.llen(name) == 0 for name in client.scan_iter("generate*"))
+
+
+def test_a_redelivered_task_whose_job_succeeded_does_not_run_again(
+    client: httpx.Client, redis_url: str
+):
+    job = client.post(
+        "/v1/jobs", json={"kind": "generate", "input": {"prompt": "Once", "max_new_tokens": 4}}
+    ).json()
+    done = wait_for_job(client, job["id"])
+    [step] = record_of(redis_url, job["id"]).steps
+    producer = create_celery_app("test", CommonSettings(redis_url=redis_url))
+    # The same message again, as the broker would redeliver it.
+    producer.send_task(
+        TaskName.GENERATE, kwargs=record_of(redis_url, job["id"]).input, task_id=step.task_id
+    )
+    producer.close()
+    wait_until(lambda: queue_drained(redis_url), 30)
+    time.sleep(1)
+    after = client.get(f"/v1/jobs/{job['id']}").json()
+    assert after["attempts"] == done["attempts"] == 1
+    assert after["output"] == done["output"]
+    assert after["finished_at"] == done["finished_at"]
+
+
+def test_a_pickled_message_is_refused_and_logged(
+    client: httpx.Client, redis_url: str, worker: Process
+):
+    producer = create_celery_app("test", CommonSettings(redis_url=redis_url))
+    result = producer.send_task(
+        TaskName.GENERATE, kwargs={"prompt": "pickled", "max_new_tokens": 2}, serializer="pickle"
+    )
+    producer.close()
+    wait_until(
+        lambda: (
+            "Refusing to deserialize untrusted content of type pickle" in worker.log.read_text()
+        ),
+        30,
+    )
+    time.sleep(1)
+    assert redis.Redis.from_url(redis_url).get(f"celery-task-meta-{result.id}") is None  # never ran
+
+
+@pytest.fixture
+def short_visibility_stack(
+    log_dir: Path, tiny_models_dir: Path
+) -> Iterator[tuple[str, str, dict[str, str]]]:
+    server, redis_url = start_redis(log_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_TASKS_")}
+    env |= {
+        "LLM_TASKS_REDIS_URL": redis_url,
+        "LLM_TASKS_VISIBILITY_TIMEOUT": "10",
+        "PYTHONUNBUFFERED": "1",
+    }
+    port = free_port()
+    api = start_api(env, log_dir, host="127.0.0.1", port=port)
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 30, api)
+        yield f"http://127.0.0.1:{port}", redis_url, env
+    finally:
+        api.stop()
+        server.stop()
+
+
+def test_a_job_whose_worker_is_killed_is_delivered_again_and_succeeds(
+    short_visibility_stack, log_dir: Path
+):
+    api_url, _, env = short_visibility_stack
+    first = start_worker(env, log_dir, app="tests.support.fault_worker", name="doomed-worker")
+    second = None
+    try:
+        with httpx.Client(base_url=api_url, timeout=10) as client:
+            body = {"kind": "generate", "input": {"prompt": "SLOW: survive", "max_new_tokens": 40}}
+            job = client.post("/v1/jobs", json=body).json()
+            # Killed mid-generation: once tokens have been streamed.
+            wait_for(client, job["id"], lambda j: j["progress"]["current"] > 0, timeout=120)
+            os.killpg(first.popen.pid, signal.SIGKILL)  # no goodbye, no acknowledgement
+            first.popen.wait()
+            second = start_worker(
+                env, log_dir, app="tests.support.fault_worker", name="rescue-worker"
+            )
+            done = wait_for_job(client, job["id"], timeout=120)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert done["status"] == "succeeded"
+    assert done["attempts"] == 2
+    assert done["output"]["tokens"] == 40
