@@ -17,7 +17,6 @@ a GPU, a GPT-2 124M-shaped generator (random weights) in half precision.
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -29,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from bench.events import percentiles
 from bench.startup import RESULTS, machine
 from contracts.celery_config import create_celery_app
 from contracts.names import TaskName
@@ -47,14 +47,6 @@ LEVELS = [1, 8, 32, 64]
 NEW_TOKENS = 32
 PROMPT = "Once upon a time there was a"
 SENTENCE = "The staff were friendly and the room was lovely."
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "p50_ms": 1000 * statistics.median(ordered),
-        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-    }
 
 
 def closed_loop(concurrency: int, total: int, one: Callable[[], Any]) -> tuple[float, list[float]]:

@@ -265,16 +265,22 @@ class Sentiment:
     score: float
 
 
-def classify_texts(loaded: LoadedModel, texts: list[str]) -> list[Sentiment]:
-    """One forward pass: each text's most likely label and its probability."""
-    tokenizer, model = loaded.tokenizer, loaded.model
-    encoded = tokenizer(
+def _encode(loaded: LoadedModel, texts: list[str]) -> Any:
+    """Padded, truncated to the model's window, on the model's device."""
+    tokenizer = loaded.tokenizer
+    return tokenizer(
         texts,
         padding=True,
         truncation=True,
         max_length=min(loaded.context_window, tokenizer.model_max_length),
         return_tensors="pt",
     ).to(loaded.device)
+
+
+def classify_texts(loaded: LoadedModel, texts: list[str]) -> list[Sentiment]:
+    """One forward pass: each text's most likely label and its probability."""
+    model = loaded.model
+    encoded = _encode(loaded, texts)
     with loaded.lock, torch.inference_mode():
         probabilities = model(**encoded).logits.float().softmax(dim=-1)
     scores, indices = probabilities.max(dim=-1)
@@ -290,13 +296,7 @@ def summarize_texts(
 ) -> list[str]:
     """One batched seq2seq ``generate`` (transformers 5 has no summarization pipeline)."""
     tokenizer, model = loaded.tokenizer, loaded.model
-    encoded = tokenizer(
-        texts,
-        padding=True,
-        truncation=True,
-        max_length=min(loaded.context_window, tokenizer.model_max_length),
-        return_tensors="pt",
-    ).to(loaded.device)
+    encoded = _encode(loaded, texts)
     with loaded.lock, torch.inference_mode():
         output = model.generate(  # type: ignore[operator]
             **encoded,
