@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,7 +199,7 @@ def step_channels(job: StoredJob) -> list[str]:
 async def job_events(
     *,
     inbox: Inbox,
-    load: Callable[[], Any],
+    load: Callable[[], Awaitable[StoredJob]],
     show: Callable[[StoredJob], JobPublic],
     first: StoredJob,
     last_event_id: str | None,
@@ -210,7 +210,7 @@ async def job_events(
     steps = first.record.steps
     index_of = {channel: i for i, channel in enumerate(step_channels(first))}
     cursor = Cursor.resume(last_event_id, len(steps))
-    job: StoredJob = await load()
+    job = await load()
     public = show(job)
     yield cursor.event("status", public.model_dump(mode="json"))
     for event in _outputs(cursor, job):

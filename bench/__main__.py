@@ -5,10 +5,12 @@
 """
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from bench import events, kinds, startup, throughput
 
-BENCHMARKS = {
+BENCHMARKS: dict[str, Callable[[], Any]] = {
     "startup": startup.main,
     "kinds": kinds.main,
     "events": events.main,

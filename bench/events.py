@@ -12,9 +12,7 @@ worker: SET and PUBLISH), at known moments, for jobs submitted through the API.
 
 import asyncio
 import json
-import os
 import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -24,23 +22,13 @@ import httpx
 import psutil
 import redis
 
-from bench.startup import RESULTS, machine
+from bench.report import machine, percentiles, save
 from contracts.celery_config import create_celery_app
 from contracts.jobs import RECORD_FIELD, JobRecord, job_key
 from contracts.settings import CommonSettings
-from tools.stack import Process, free_port, http_ok, start_api, start_redis, wait_until
+from tools.stack import Process, clean_env, free_port, http_ok, start_api, start_redis, wait_until
 
 POLL_INTERVAL = 0.5
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "p50_ms": 1000 * statistics.median(ordered),
-        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-        "max_ms": 1000 * ordered[-1],
-        "samples": len(ordered),
-    }
 
 
 class Player:
@@ -179,8 +167,7 @@ def main() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as logs:
         log_dir = Path(logs)
         redis_server, redis_url = start_redis(log_dir)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_TASKS_")}
-        env["LLM_TASKS_REDIS_URL"] = redis_url
+        env = clean_env(redis_url=redis_url)
         port = free_port()
         api = start_api(env, log_dir, host="127.0.0.1", port=port)
         api_url = f"http://127.0.0.1:{port}"
@@ -194,9 +181,7 @@ def main() -> dict[str, Any]:
         finally:
             api.stop()
             redis_server.stop()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "events.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    save("events", report)
     return report
 
 

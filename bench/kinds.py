@@ -4,7 +4,6 @@ Starts a private Redis, a worker and the API (as ``make run`` does), then runs e
 a few times, one job at a time, with its documented example input.
 """
 
-import json
 import statistics
 import tempfile
 import time
@@ -13,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from bench.startup import RESULTS, machine
+from bench.report import machine, save
 from tools.stack import free_port, running_stack
 
 EXAMPLES: dict[str, dict[str, Any]] = {
@@ -66,9 +65,7 @@ def main(runs: int = 5) -> dict[str, Any]:
             for kind, times in seconds.items()
         },
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "kinds.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    save("kinds", report)
     return report
 
 

@@ -15,8 +15,6 @@ a GPU, a GPT-2 124M-shaped generator (random weights) in half precision.
 """
 
 import asyncio
-import json
-import os
 import sys
 import tempfile
 import threading
@@ -28,12 +26,12 @@ from typing import Any
 
 import httpx
 
-from bench.events import percentiles
-from bench.startup import RESULTS, machine
+from bench.report import RESULTS, machine, percentiles, save
 from contracts.celery_config import create_celery_app
 from contracts.names import TaskName
 from contracts.settings import CommonSettings
 from tools.stack import (
+    clean_env,
     free_port,
     http_ok,
     start_api,
@@ -76,13 +74,12 @@ def closed_loop(concurrency: int, total: int, one: Callable[[], Any]) -> tuple[f
 @contextmanager
 def worker_stack(log_dir: Path, batch_max_size: int) -> Iterator[tuple[dict[str, str], Any]]:
     redis_server, redis_url = start_redis(log_dir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_TASKS_")}
-    env |= {
-        "LLM_TASKS_REDIS_URL": redis_url,
-        "LLM_TASKS_BATCH_MAX_SIZE": str(batch_max_size),
-        "LLM_TASKS_WORKER_CONCURRENCY": "72",
-        "LLM_TASKS_MAX_NEW_TOKENS": "4096",
-    }
+    env = clean_env(
+        redis_url=redis_url,
+        batch_max_size=str(batch_max_size),
+        worker_concurrency="72",
+        max_new_tokens="4096",
+    )
     worker = start_worker(env, log_dir, name=f"bench-{batch_max_size}")
     celery = create_celery_app("bench", CommonSettings(redis_url=redis_url))
     try:
@@ -134,7 +131,7 @@ def in_process_ceiling(kind: str, concurrency: int, total: int) -> dict[str, flo
 
 def scaling(log_dir: Path) -> dict[str, Any]:
     per_level = (lambda c: max(4 * c, 64)) if FULL else (lambda c: max(2 * c, 16))
-    work = {
+    work: dict[str, tuple[TaskName, dict[str, Any]]] = {
         "generate": (TaskName.GENERATE, {"prompt": PROMPT, "max_new_tokens": NEW_TOKENS}),
         "classify": (TaskName.SENTIMENT, {"text": SENTENCE}),
     }
@@ -254,10 +251,8 @@ def main() -> dict[str, Any]:
         report = {"machine": machine(), "mode": "full" if FULL else "quick"}
         report["scaling"] = scaling(log_dir)
         report |= overhead_and_submit_rate(log_dir)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+    save("throughput", report)
     chart(report, RESULTS / "throughput.png")
-    print(json.dumps(report, indent=2))
     return report
 
 

@@ -4,7 +4,6 @@ The stack is a private ``redis-server`` on a free port, a real Celery worker pro
 the API under uvicorn, driven over real sockets. Nothing is mocked.
 """
 
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 from tools.stack import (
     ROOT,
     Process,
+    clean_env,
     free_port,
     http_ok,
     start_api,
@@ -57,19 +57,16 @@ def redis_url(log_dir: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def stack_env(redis_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_TASKS_")}
-    env.update(
-        LLM_TASKS_REDIS_URL=redis_url,
-        LLM_TASKS_MAX_NEW_TOKENS=str(TEST_MAX_NEW_TOKENS),
-        LLM_TASKS_MAX_RETRIES="2",
-        LLM_TASKS_RETRY_BACKOFF="0.5",
-        LLM_TASKS_RETRY_BACKOFF_MAX="2",
-        LLM_TASKS_CANCEL_CHECK_INTERVAL="0.1",
-        LLM_TASKS_PROGRESS_INTERVAL="0.1",
-        LLM_TASKS_SSE_HEARTBEAT=str(TEST_HEARTBEAT),
-        PYTHONUNBUFFERED="1",
+    return clean_env(
+        redis_url=redis_url,
+        max_new_tokens=str(TEST_MAX_NEW_TOKENS),
+        max_retries="2",
+        retry_backoff="0.5",
+        retry_backoff_max="2",
+        cancel_check_interval="0.1",
+        progress_interval="0.1",
+        sse_heartbeat=str(TEST_HEARTBEAT),
     )
-    return env
 
 
 @pytest.fixture(scope="session")

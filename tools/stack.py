@@ -26,6 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+def clean_env(**settings: str) -> dict[str, str]:
+    """This process's environment without any LLM_TASKS_ setting, plus ``settings``: what a
+    private stack starts with, whatever the caller's shell has set."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LLM_TASKS_")}
+    env["PYTHONUNBUFFERED"] = "1"  # the children's logs are read while they run
+    return env | {f"LLM_TASKS_{name.upper()}": value for name, value in settings.items()}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

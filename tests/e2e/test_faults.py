@@ -17,6 +17,7 @@ from contracts.settings import CommonSettings
 from tests.conftest import wait_for, wait_for_job
 from tools.stack import (
     Process,
+    clean_env,
     free_port,
     http_ok,
     start_api,
@@ -83,12 +84,7 @@ def short_visibility_stack(
     log_dir: Path, tiny_models_dir: Path
 ) -> Iterator[tuple[str, str, dict[str, str]]]:
     server, redis_url = start_redis(log_dir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_TASKS_")}
-    env |= {
-        "LLM_TASKS_REDIS_URL": redis_url,
-        "LLM_TASKS_VISIBILITY_TIMEOUT": "10",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = clean_env(redis_url=redis_url, visibility_timeout="10")
     port = free_port()
     api = start_api(env, log_dir, host="127.0.0.1", port=port)
     try:

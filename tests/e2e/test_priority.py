@@ -12,7 +12,15 @@ from kombu import Connection
 from contracts.celery_config import create_celery_app
 from contracts.settings import CommonSettings
 from tests.conftest import wait_for_job
-from tools.stack import free_port, http_ok, start_api, start_redis, start_worker, wait_until
+from tools.stack import (
+    clean_env,
+    free_port,
+    http_ok,
+    start_api,
+    start_redis,
+    start_worker,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -34,8 +42,7 @@ def idle_stack(
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """A private Redis and an API, with no worker yet: whatever is submitted waits."""
     redis_server, redis_url = start_redis(log_dir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_TASKS_")}
-    env |= {"LLM_TASKS_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+    env = clean_env(redis_url=redis_url)
     if request.param == "rabbitmq":
         if not rabbitmq_answers():
             redis_server.stop()
