@@ -10,6 +10,7 @@ from app.core.config import ApiSettings, get_settings
 from app.core.redis import AsyncRedis
 from app.errors import Unauthorized
 from app.events import EventHub
+from app.limits import QueueDepths, RateLimiter
 from app.store import JobStore
 
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
@@ -56,6 +57,20 @@ async def get_hub(request: Request) -> EventHub:
     return hub
 
 
+async def get_depths(request: Request) -> QueueDepths:
+    depths: QueueDepths = request.app.state.depths
+    return depths
+
+
 StoreDep = Annotated[JobStore, Depends(get_store)]
+DepthsDep = Annotated[QueueDepths, Depends(get_depths)]
 HubDep = Annotated[EventHub, Depends(get_hub)]
 OwnerDep = Annotated[str, Depends(get_owner)]
+
+
+async def enforce_rate_limit(request: Request, owner: OwnerDep) -> None:
+    """One request of the caller's key (or, on an open API, of its address) against the limit."""
+    limiter: RateLimiter = request.app.state.limiter
+    if owner == OPEN_OWNER:
+        owner = f"addr:{request.client.host if request.client else 'unknown'}"
+    await limiter.check(owner)

@@ -18,11 +18,12 @@ PROBLEM_JSON = "application/problem+json"
 class ProblemError(Exception):
     status = 500
     title = "Internal Server Error"
-    headers: ClassVar[dict[str, str] | None] = None
+    default_headers: ClassVar[dict[str, str] | None] = None
 
-    def __init__(self, detail: str, **extra: Any) -> None:
+    def __init__(self, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or self.default_headers
         self.extra = extra
 
 
@@ -57,13 +58,43 @@ class InputRejected(ProblemError):
 class BrokerUnavailable(ProblemError):
     status = 503
     title = "Service unavailable"
-    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+    default_headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+
+
+class QueueFull(ProblemError):
+    """Backpressure: the queue a job would join is already too deep."""
+
+    status = 503
+    title = "Service busy"
+    default_headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+
+    def __init__(self, queue: str, depth: int, limit: int) -> None:
+        super().__init__(
+            f"Queue {queue!r} holds {depth} jobs (the limit is {limit}); try again shortly.",
+            queue=queue,
+            depth=depth,
+        )
+
+
+class RateLimited(ProblemError):
+    status = 429
+    title = "Too Many Requests"
+
+    def __init__(self, retry_after: int) -> None:
+        retry_after = max(1, retry_after)
+        super().__init__(
+            f"Rate limit exceeded; try again in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+            retry_after=retry_after,
+        )
 
 
 class Unauthorized(ProblemError):
     status = 401
     title = "Unauthorized"
-    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": 'Bearer realm="llm-tasks"'}
+    default_headers: ClassVar[dict[str, str] | None] = {
+        "WWW-Authenticate": 'Bearer realm="llm-tasks"'
+    }
 
 
 def problem(
@@ -126,7 +157,7 @@ def install_error_handlers(app: FastAPI) -> None:
             BrokerUnavailable.title,
             "The job store is unreachable; try again shortly.",
             request.url.path,
-            headers=BrokerUnavailable.headers,
+            headers=BrokerUnavailable.default_headers,
         )
 
 

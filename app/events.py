@@ -32,12 +32,15 @@ logger = logging.getLogger(__name__)
 Inbox = asyncio.Queue[tuple[str, bytes]]
 #: How long a new stream waits for Redis to confirm its subscriptions.
 SUBSCRIBE_TIMEOUT = 5.0
+#: Put in every inbox when the pub/sub connection is lost: those streams end with an error.
+CONNECTION_LOST = ("", b"")
 
 
 class EventHub:
     """One Redis pub/sub connection per API process, shared by every SSE stream."""
 
     def __init__(self, redis: AsyncRedis) -> None:
+        self._redis = redis
         self._pubsub = redis.pubsub()
         self._listeners: dict[str, set[Inbox]] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
@@ -56,6 +59,24 @@ class EventHub:
 
     def channels(self) -> int:
         return len(self._listeners)
+
+    def streams(self) -> int:
+        return len({id(inbox) for inbox in self._inboxes()})
+
+    def _inboxes(self) -> list[Inbox]:
+        return [inbox for listeners in self._listeners.values() for inbox in listeners]
+
+    async def _reset(self) -> None:
+        """After a lost connection: tell every stream, forget their channels, and start over
+        with a fresh pub/sub (it connects again with the next subscription)."""
+        async with self._lock:
+            for inbox in {id(inbox): inbox for inbox in self._inboxes()}.values():
+                inbox.put_nowait(CONNECTION_LOST)
+            self._listeners.clear()
+            self._confirmed.clear()
+            old, self._pubsub = self._pubsub, self._redis.pubsub()
+        with contextlib.suppress(redis.exceptions.RedisError, OSError):
+            await old.aclose()
 
     @contextlib.asynccontextmanager
     async def subscription(self, channels: list[str]) -> AsyncIterator[Inbox]:
@@ -79,17 +100,24 @@ class EventHub:
                 listeners.add(inbox)
             if new:
                 await self._pubsub.subscribe(*new)
-        waits = [self._confirmed[channel].wait() for channel in channels]
-        await asyncio.wait_for(asyncio.gather(*waits), SUBSCRIBE_TIMEOUT)
+        waits = [
+            self._confirmed[channel].wait() for channel in channels if channel in self._confirmed
+        ]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), SUBSCRIBE_TIMEOUT)
+        except TimeoutError:
+            raise redis.exceptions.TimeoutError("Redis did not confirm a subscription") from None
 
     async def _remove(self, channels: list[str], inbox: Inbox) -> None:
         async with self._lock:
             gone = []
             for channel in channels:
-                listeners = self._listeners.get(channel, set())
+                listeners = self._listeners.get(channel)
+                if listeners is None:
+                    continue  # dropped with a lost connection
                 listeners.discard(inbox)
                 if not listeners:
-                    self._listeners.pop(channel, None)
+                    del self._listeners[channel]
                     self._confirmed.pop(channel, None)
                     gone.append(channel)
             if gone:
@@ -106,7 +134,10 @@ class EventHub:
                     continue
                 message = await self._pubsub.get_message(timeout=1.0)
             except redis.exceptions.RedisError as error:
-                logger.warning("event hub: %s; reconnecting", error)
+                logger.warning(
+                    "event hub lost Redis (%s): ending %d streams", error, self.streams()
+                )
+                await self._reset()
                 await asyncio.sleep(0.5)
                 continue
             if message is None:
@@ -196,6 +227,19 @@ def step_channels(job: StoredJob) -> list[str]:
     return [CELERY_META_PREFIX + step.task_id for step in job.record.steps]
 
 
+def lost_connection(cursor: Cursor) -> ServerSentEvent:
+    return cursor.event(
+        "error",
+        {
+            "type": "about:blank",
+            "title": "Service unavailable",
+            "status": 503,
+            "detail": "The connection to the job store was lost; reconnect with Last-Event-ID "
+            "to resume where this stream ended.",
+        },
+    )
+
+
 async def job_events(
     *,
     inbox: Inbox,
@@ -206,10 +250,27 @@ async def job_events(
     heartbeat: float,
 ) -> AsyncIterator[ServerSentEvent]:
     """The job's events until it ends. ``inbox`` is already subscribed to the job's
-    channels; ``load()`` reads the job again from Redis."""
+    channels; ``load()`` reads the job again from Redis. If Redis goes away, the stream
+    ends with an ``error`` event (a problem object) instead of hanging."""
+    cursor = Cursor.resume(last_event_id, len(first.record.steps))
+    try:
+        async for event in _job_events(cursor, inbox, load, show, first, heartbeat):
+            yield event
+    except redis.exceptions.RedisError as error:
+        logger.warning("event stream of job %s ended: %s", first.record.id, error)
+        yield lost_connection(cursor)
+
+
+async def _job_events(
+    cursor: Cursor,
+    inbox: Inbox,
+    load: Callable[[], Awaitable[StoredJob]],
+    show: Callable[[StoredJob], JobPublic],
+    first: StoredJob,
+    heartbeat: float,
+) -> AsyncIterator[ServerSentEvent]:
     steps = first.record.steps
     index_of = {channel: i for i, channel in enumerate(step_channels(first))}
-    cursor = Cursor.resume(last_event_id, len(steps))
     job = await load()
     public = show(job)
     yield cursor.event("status", public.model_dump(mode="json"))
@@ -223,6 +284,8 @@ async def job_events(
             yield ServerSentEvent(comment="heartbeat")
             changed = True  # look again: expiry, or an update that pub/sub lost
         else:
+            if (channel, data) == CONNECTION_LOST:
+                raise redis.exceptions.ConnectionError("the event hub lost its connection")
             index, meta = index_of[channel], json.loads(data)
             for event in _progress(cursor, index, steps[index].name, meta):
                 yield event

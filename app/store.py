@@ -15,12 +15,25 @@ from app.core.redis import AsyncRedis
 from app.errors import JobNotFound
 from contracts.jobs import (
     CANCELED_AT_FIELD,
+    CREATED_FIELD,
+    ENDED_FIELD,
+    KIND_FIELD,
     RECORD_FIELD,
     STARTED_AT_FIELD,
+    STEPS_FIELD,
     JobRecord,
+    JobStatus,
     job_key,
     owner_index_key,
     task_key,
+)
+from contracts.metrics import (
+    JOB_RUN,
+    JOBS_FINISHED,
+    JOBS_SUBMITTED,
+    METRICS_KEY,
+    counter_fields,
+    histogram_fields,
 )
 
 CELERY_META_PREFIX = "celery-task-meta-"
@@ -63,13 +76,23 @@ class JobStore:
         key, index = job_key(record.id), owner_index_key(record.owner)
         horizon = score_of(datetime.now(UTC)) - self._ttl * 1_000_000
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, RECORD_FIELD, record.model_dump_json())
+            pipe.hset(
+                key,
+                mapping={
+                    RECORD_FIELD: record.model_dump_json(),
+                    KIND_FIELD: record.kind.value,
+                    CREATED_FIELD: record.created_at.timestamp(),
+                    STEPS_FIELD: len(record.steps),
+                },
+            )
             pipe.expire(key, self._ttl)
             for step in record.steps:
                 pipe.set(task_key(step.task_id), record.id, ex=self._ttl)
             pipe.zadd(index, {record.id: score_of(record.created_at)})
             pipe.zremrangebyscore(index, "-inf", horizon)
             pipe.expire(index, self._ttl)
+            for field, amount in counter_fields(JOBS_SUBMITTED, {"kind": record.kind}, 1).items():
+                pipe.hincrbyfloat(METRICS_KEY, field, amount)
             await pipe.execute()
 
     async def discard(self, record: JobRecord) -> None:
@@ -79,11 +102,23 @@ class JobStore:
             pipe.zrem(owner_index_key(record.owner), record.id)
             await pipe.execute()
 
-    async def cancel(self, record: JobRecord) -> None:
+    async def cancel(self, record: JobRecord, started_at: datetime | None) -> None:
         """Flag the job canceled; workers read the flag before each step and while generating."""
-        await self._redis.hsetnx(
-            job_key(record.id), CANCELED_AT_FIELD, datetime.now(UTC).isoformat()
-        )
+        now = datetime.now(UTC)
+        key = job_key(record.id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, CANCELED_AT_FIELD, now.isoformat())
+            pipe.hsetnx(key, ENDED_FIELD, JobStatus.CANCELED.value)
+            _, ended_now = await pipe.execute()
+        if ended_now:
+            labels = {"kind": record.kind.value, "status": JobStatus.CANCELED.value}
+            fields = dict(counter_fields(JOBS_FINISHED, labels, 1))
+            if started_at is not None:
+                fields |= histogram_fields(JOB_RUN, labels, (now - started_at).total_seconds())
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for field, amount in fields.items():
+                    pipe.hincrbyfloat(METRICS_KEY, field, amount)
+                await pipe.execute()
 
     async def get(self, job_id: str, owner: str) -> StoredJob:
         jobs = await self._load([job_id])

@@ -15,7 +15,7 @@ from celery.canvas import Signature
 
 from contracts.celery_config import broker_priority
 from contracts.jobs import JobRecord, StepRecord
-from contracts.names import JobKind, TaskName
+from contracts.names import TASK_QUEUES, JobKind, TaskName
 from contracts.schemas import (
     DocumentOutput,
     GenerateOutput,
@@ -84,6 +84,11 @@ def new_steps(kind: JobKind, job_input: dict[str, Any]) -> list[StepRecord]:
     return [
         StepRecord(name=step.name, task_id=str(uuid.uuid4())) for step in steps_of(kind, job_input)
     ]
+
+
+def queues_of(kind: JobKind, job_input: dict[str, Any]) -> list[str]:
+    """The queues a job's steps go to, each once, in step order."""
+    return list(dict.fromkeys(TASK_QUEUES[step.task].value for step in steps_of(kind, job_input)))
 
 
 def canvas(celery: Celery, record: JobRecord) -> Signature:

@@ -228,5 +228,12 @@ def attempts_field(task_id: str) -> str:
 
 
 STARTED_AT_FIELD = "started_at"
+#: Kept beside the record so that the worker's Lua scripts can read them without JSON.
+KIND_FIELD = "kind"
+CREATED_FIELD = "created"  # epoch seconds
+STEPS_FIELD = "steps"  # how many steps the job has
+STEPS_DONE_FIELD = "steps_done"  # how many of them succeeded
+#: How the job ended, set once by whoever ends it first (a worker, or a cancel).
+ENDED_FIELD = "ended"
 CANCELED_AT_FIELD = "canceled_at"
 RECORD_FIELD = "record"

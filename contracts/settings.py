@@ -1,5 +1,7 @@
 """Settings that the API and the workers must agree on (prefix ``LLM_TASKS_``)."""
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -41,6 +43,10 @@ class CommonSettings(BaseSettings):
     max_chunks: int = Field(default=16, ge=1, description="Most chunks of one long_text job.")
     max_variations: int = Field(
         default=16, ge=1, description="Most temperatures of one variations job."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`json`: one JSON object per log line, with the job id (for log pipelines).",
     )
     max_delay_seconds: int | None = Field(
         default=None,

@@ -110,16 +110,22 @@ def spawn(name: str, argv: Sequence[str], env: dict[str, str], log_dir: Path) ->
     return Process(name, popen, log)
 
 
-def start_redis(log_dir: Path, port: int | None = None) -> tuple[Process, str]:
-    """A private Redis that keeps nothing on disk; returns it and its URL."""
+def start_redis(
+    log_dir: Path, port: int | None = None, *, data_dir: Path | None = None
+) -> tuple[Process, str]:
+    """A private Redis; returns it and its URL. It keeps nothing on disk, unless given a
+    ``data_dir``: then it keeps an append-only file there (every write synced), as
+    production does, and a Redis started again on that directory has the same data."""
     port = port or free_port()
-    data_dir = Path(tempfile.mkdtemp(prefix="redis-", dir=log_dir))
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if data_dir else []
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix="redis-", dir=log_dir))
     argv = [
         redis_server_binary(),
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--save", "",
         "--appendonly", "no",
+        *persistence,
         "--dir", str(data_dir),
     ]  # fmt: skip
     process = spawn(f"redis-{port}", argv, dict(os.environ), log_dir)

@@ -24,7 +24,9 @@ from typing import Any, Generic, Literal, TypeVar
 
 import torch
 
+from contracts.metrics import BATCH_SIZE, BUSY_SECONDS, TOKENS
 from worker.config import get_settings
+from worker.metrics import tally
 from worker.models import LoadedModel, ModelRole
 
 logger = logging.getLogger(__name__)
@@ -83,7 +85,11 @@ class MicroBatcher:
                 except queue.Empty:
                     break
             self.batch_sizes.append(len(batch))
+            labels = {"model": str(self._loaded.role)}
+            tally.observe(BATCH_SIZE, labels, len(batch))
+            started = time.perf_counter()
             self._run(batch)
+            tally.inc(BUSY_SECONDS, labels, time.perf_counter() - started)
 
     def _run(self, batch: list[Pending[Any, Any]]) -> None:
         try:
@@ -180,6 +186,7 @@ def decode_batch(loaded: LoadedModel, batch: list[Pending[DecodeRow, Decoded]]) 
     past = None
 
     def finish(index: int, reason: Literal["length", "stop", "canceled"]) -> None:
+        tally.inc(TOKENS, {"model": str(loaded.role)}, len(generated[index]))
         batch[index].future.set_result(Decoded(generated[index], reason))
 
     with loaded.lock, torch.inference_mode():

@@ -21,13 +21,20 @@ from celery.worker import state as worker_state
 
 from contracts.jobs import (
     CANCELED_AT_FIELD,
+    CREATED_FIELD,
+    ENDED_FIELD,
     JOB_KEY_PREFIX,
+    KIND_FIELD,
     STARTED_AT_FIELD,
+    STEPS_DONE_FIELD,
+    STEPS_FIELD,
     job_key,
     task_key,
 )
+from contracts.metrics import JOB_RUN, JOB_WAIT, JOBS_FINISHED, STEP_RETRIES, STEPS_FINISHED
 from worker.config import get_settings
 from worker.errors import Canceled, InvalidInput, TransientError
+from worker.metrics import start_flushing, tally
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +47,39 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 # One round trip when a step starts: which job it belongs to, whether the job was
-# canceled, and (if not) the start stamp and one more attempt. Touches nothing when the
-# job is unknown (a plain Celery call) or expired, so no stray record is resurrected.
+# canceled, and (if not) the start stamp and one more attempt; then whether this is the
+# job's very first start, its kind and its creation time (for the wait histogram).
+# Touches nothing when the job is unknown (a plain Celery call) or expired, so no stray
+# record is resurrected.
 _START_STEP = """
 local job_id = redis.call('GET', KEYS[1])
-if not job_id then return {'', 0} end
+if not job_id then return {'', 0, 0, '', ''} end
 local key = ARGV[1] .. job_id
-if redis.call('EXISTS', key) == 0 then return {'', 0} end
-if redis.call('HEXISTS', key, ARGV[2]) == 1 then return {job_id, 1} end
-redis.call('HSETNX', key, ARGV[3], ARGV[4])
+if redis.call('EXISTS', key) == 0 then return {'', 0, 0, '', ''} end
+if redis.call('HEXISTS', key, ARGV[2]) == 1 then return {job_id, 1, 0, '', ''} end
+local first = redis.call('HSETNX', key, ARGV[3], ARGV[4])
 redis.call('HINCRBY', key, 'attempts:' .. ARGV[5], 1)
-return {job_id, 0}
+local kind = redis.call('HGET', key, ARGV[6]) or ''
+local created = redis.call('HGET', key, ARGV[7]) or ''
+return {job_id, 0, first, kind, created}
+"""
+
+# When a step ends: a success counts towards the job's steps and ends the job when it
+# is the last; a failure (or expiry) ends the job at once. Only the first end of a job
+# counts (a cancel may have come first). Returns the job's kind and start time when
+# this call ended the job, else nothing.
+_END_STEP = """
+local job_id = redis.call('GET', KEYS[1])
+if not job_id then return false end
+local key = ARGV[1] .. job_id
+if redis.call('EXISTS', key) == 0 then return false end
+if ARGV[2] == 'succeeded' then
+  local done = redis.call('HINCRBY', key, ARGV[3], 1)
+  local total = tonumber(redis.call('HGET', key, ARGV[4]) or '0')
+  if done < total then return false end
+end
+if redis.call('HSETNX', key, ARGV[5], ARGV[2]) == 0 then return false end
+return {redis.call('HGET', key, ARGV[6]) or '', redis.call('HGET', key, ARGV[7]) or ''}
 """
 
 
@@ -143,6 +172,8 @@ class JobTask(Task):  # type: ignore[misc]
         if self._already_finished():
             raise Ignore()
         job_id, canceled = self._start_step()
+        self.request.job_id = job_id
+        self.request.started = time.monotonic()
         self.request.cancel_token = CancelToken(self.request.id, job_id)
         self.request.progress = ProgressReporter(self, self.request.id)
         if canceled or self.request.cancel_token():
@@ -196,27 +227,114 @@ class JobTask(Task):  # type: ignore[misc]
             return True
         return False
 
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        self._end_step("succeeded", "SUCCESS")
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        self._end_step("failed", "FAILURE", error=f"{type(exc).__name__}: {exc}")
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        tally.inc(STEP_RETRIES, {"task": self.name})
+
     def _start_step(self) -> tuple[str | None, bool]:
         """Stamp the job's start and attempts; returns the job id and whether it is canceled."""
         if self.request.is_eager or not self.request.id:
             return None, False
+        start_flushing()
+        now = datetime.now(UTC)
         try:
-            job_id, canceled = registry_redis().eval(
+            job_id, canceled, first, kind, created = registry_redis().eval(
                 _START_STEP,
                 1,
                 task_key(self.request.id),
                 JOB_KEY_PREFIX,
                 CANCELED_AT_FIELD,
                 STARTED_AT_FIELD,
-                datetime.now(UTC).isoformat(),
+                now.isoformat(),
                 self.request.id,
+                KIND_FIELD,
+                CREATED_FIELD,
             )
         except redis.RedisError:
             logger.exception("task %s: could not read its job", self.request.id)
             return None, False
-        return (job_id.decode() if job_id else None), bool(canceled)
+        job = job_id.decode() if job_id else None
+        if first and created:
+            wait = now.timestamp() - float(created)
+            tally.observe(JOB_WAIT, {"kind": kind.decode()}, max(0.0, wait))
+        logger.info(
+            "job %s: step %s started (task %s, attempt %d)",
+            job,
+            self.name,
+            self.request.id,
+            self.request.retries + 1,
+            extra={
+                "job_id": job,
+                "task_id": self.request.id,
+                "step": self.name,
+                "attempt": self.request.retries + 1,
+            },
+        )
+        return job, bool(canceled)
+
+    def _end_step(self, outcome: str, state: str, error: str | None = None) -> None:
+        """Count the step's end, and the job's when this step ended it; log it with the ids."""
+        job_id: str | None = getattr(self.request, "job_id", None)
+        started: float | None = getattr(self.request, "started", None)
+        tally.inc(STEPS_FINISHED, {"task": self.name, "state": state})
+        duration = time.monotonic() - started if started is not None else None
+        logger.info(
+            "job %s: step %s %s (task %s)%s",
+            job_id,
+            self.name,
+            outcome,
+            self.request.id,
+            f": {error}" if error else "",
+            extra={
+                "job_id": job_id,
+                "task_id": self.request.id,
+                "step": self.name,
+                "status": outcome,
+                "duration_s": round(duration, 4) if duration is not None else None,
+            }
+            | ({"error": error} if error else {}),
+        )
+        if job_id is not None:
+            end_job(self.request.id, outcome)
 
     def _stop_canceled(self, reason: str) -> None:
         logger.info("task %s stopped: %s", self.request.id, reason)
         self.backend.mark_as_revoked(self.request.id, reason, request=self.request)
         raise Ignore()
+
+
+def end_job(task_id: str, outcome: str) -> None:
+    """Record that step ``task_id`` ended with ``outcome``; counts the job when it ended it."""
+    try:
+        ended = registry_redis().eval(
+            _END_STEP,
+            1,
+            task_key(task_id),
+            JOB_KEY_PREFIX,
+            outcome,
+            STEPS_DONE_FIELD,
+            STEPS_FIELD,
+            ENDED_FIELD,
+            KIND_FIELD,
+            STARTED_AT_FIELD,
+        )
+    except redis.RedisError:
+        logger.exception("task %s: could not record its end", task_id)
+        return
+    if not ended:
+        return
+    kind, started_at = (value.decode() for value in ended)
+    labels = {"kind": kind, "status": outcome}
+    tally.inc(JOBS_FINISHED, labels)
+    if started_at:
+        run = datetime.now(UTC) - datetime.fromisoformat(started_at)
+        tally.observe(JOB_RUN, labels, max(0.0, run.total_seconds()))

@@ -1,15 +1,41 @@
-"""Worker lifecycle hooks: preload the models when the worker starts."""
+"""Worker lifecycle hooks: preload the models when the worker starts, count expired jobs,
+and log in the configured format."""
 
 import logging
 import threading
 from typing import Any
 
-from celery.signals import worker_ready
+from celery.signals import after_setup_logger, after_setup_task_logger, task_revoked, worker_ready
 
+from contracts.logs import formatter
 from worker.config import get_settings
+from worker.jobs import end_job
+from worker.metrics import start_flushing
 from worker.models import ModelRole, get_registry
 
 logger = logging.getLogger(__name__)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def use_log_format(logger: logging.Logger, **_: Any) -> None:
+    log_format = get_settings().log_format
+    if log_format == "json":
+        for handler in logger.handlers:
+            handler.setFormatter(formatter(log_format))
+
+
+@task_revoked.connect
+def count_expired(request: Any = None, expired: bool = False, **_: Any) -> None:
+    """A message that outlived its ``expires`` never runs: its job ends expired."""
+    if expired and request is not None:
+        logger.info("task %s expired before it ran", request.id, extra={"task_id": request.id})
+        end_job(request.id, "expired")
+
+
+@worker_ready.connect
+def flush_metrics(**_: Any) -> None:
+    start_flushing()
 
 
 @worker_ready.connect

@@ -22,7 +22,31 @@ class ApiSettings(CommonSettings):
         default=16, ge=2, description="Redis connections one API process opens at most."
     )
     redis_timeout: float = Field(
-        default=2.0, gt=0, description="Seconds to wait for Redis before answering 503."
+        default=1.0, gt=0, description="Seconds to wait for Redis before answering 503."
+    )
+
+    rate_limit: float = Field(
+        default=0,
+        ge=0,
+        description="Requests a minute each API key (or, on an open API, each client address) "
+        "may make to /v1; 0 turns the limit off. Over it: 429 with Retry-After.",
+    )
+    rate_burst: int = Field(
+        default=20, ge=1, description="Requests a key may make at once before RATE_LIMIT paces it."
+    )
+    max_queue_depth: int = Field(
+        default=10_000,
+        ge=0,
+        description="Messages a queue may hold before new jobs for it get 503 with Retry-After; "
+        "0 turns backpressure off.",
+    )
+    queue_depth_refresh: float = Field(
+        default=1.0, gt=0, description="Seconds a queue depth reading is reused."
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="Largest request body; a bigger one gets 413 before it is parsed.",
     )
 
     @cached_property

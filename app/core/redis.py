@@ -1,6 +1,9 @@
 """Redis clients of the API: bounded timeouts, so that a Redis outage is a quick 503."""
 
 import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from app.core.config import ApiSettings
 
@@ -21,5 +24,9 @@ def connect(url: str, settings: ApiSettings) -> AsyncRedis:
         socket_connect_timeout=settings.redis_timeout,
         socket_timeout=settings.redis_timeout,
         health_check_interval=30,
+        # One immediate retry on a broken connection (after Redis restarts, the pooled
+        # connections are stale: the retry reconnects); none on a timeout, so that a hung
+        # Redis costs a request about REDIS_TIMEOUT before its 503, not a multiple of it.
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
     )
     return aioredis.Redis(connection_pool=pool)

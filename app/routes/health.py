@@ -1,11 +1,22 @@
 """Liveness and readiness."""
 
+from celery import Celery
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CeleryDep, RedisDep
 from app.errors import problem
+
+
+def _ping_workers(celery: Celery) -> list[dict[str, object]]:
+    """Workers' ping replies; connecting to the broker is bounded, not retried for minutes."""
+    with celery.connection_for_write(connect_timeout=2) as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+        replies: list[dict[str, object]] = celery.control.ping(timeout=1.0, connection=connection)
+        return replies or []
+
 
 router = APIRouter(tags=["health"])
 
@@ -23,7 +34,10 @@ async def readyz(redis: RedisDep, celery: CeleryDep) -> JSONResponse:
         await redis.ping()
     except Exception as error:
         return problem(503, "Not ready", f"Redis is unreachable: {error}")
-    replies = await run_in_threadpool(celery.control.ping, timeout=1.0)
+    try:
+        replies = await run_in_threadpool(_ping_workers, celery)
+    except (OperationalError, OSError) as error:
+        return problem(503, "Not ready", f"The broker is unreachable: {error}")
     if not replies:
         return problem(503, "Not ready", "No worker answered a ping within 1 s.")
     workers = sorted(name for reply in replies for name in reply)

@@ -1,5 +1,6 @@
 """/v1/jobs: submit a job, read it, list yours."""
 
+import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -8,9 +9,17 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from app import dispatch
-from app.deps import CeleryDep, HubDep, OwnerDep, SettingsDep, StoreDep
-from app.errors import InputRejected, JobFinished
+from app import dispatch, workflows
+from app.deps import (
+    CeleryDep,
+    DepthsDep,
+    HubDep,
+    OwnerDep,
+    SettingsDep,
+    StoreDep,
+    enforce_rate_limit,
+)
+from app.errors import InputRejected, JobFinished, QueueFull
 from app.events import Inbox, job_events, step_channels
 from app.status import build_job
 from app.store import StoredJob, decode_cursor, encode_cursor, score_of
@@ -19,11 +28,22 @@ from contracts.jobs import JobCreate, JobPage, JobPublic, JobStatus, JobUrls, jo
 from contracts.names import JobKind
 from contracts.schemas import limit_violations
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(enforce_rate_limit)],
+    responses={
+        401: PROBLEM | {"description": "Missing or invalid API key"},
+        429: PROBLEM | {"description": "Rate limit exceeded; see `Retry-After`"},
+    },
+)
 
 LIST_SCAN_PAGES = 10
 
-PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 #: One example per kind, from each input schema's own example (shown by /docs and the page).
 EXAMPLES: dict[str, Any] = {
     kind: {
@@ -51,9 +71,10 @@ def _public(request: Request, job: StoredJob) -> JobPublic:
     "",
     status_code=202,
     responses={
-        401: PROBLEM | {"description": "Missing or invalid API key"},
+        413: PROBLEM | {"description": "Request body too large"},
         422: PROBLEM | {"description": "Invalid input; `errors` names each offending field"},
-        503: PROBLEM | {"description": "Broker or job store unreachable; retry later"},
+        503: PROBLEM
+        | {"description": "Broker or job store unreachable, or queue full; see `Retry-After`"},
     },
 )
 async def create_job(
@@ -64,6 +85,7 @@ async def create_job(
     settings: SettingsDep,
     store: StoreDep,
     celery: CeleryDep,
+    depths: DepthsDep,
 ) -> JobPublic:
     """Submit a job; answers at once with its id, status `queued` and where to follow it."""
     errors = [
@@ -81,6 +103,11 @@ async def create_job(
         )
     if errors:
         raise InputRejected(errors)
+    if settings.max_queue_depth:
+        for queue in workflows.queues_of(JobKind(job.kind), job.input.model_dump()):
+            depth = await depths.depth(queue)
+            if depth >= settings.max_queue_depth:
+                raise QueueFull(queue, depth, settings.max_queue_depth)
     record = dispatch.new_record(job, owner)
     await store.create(record)
     try:
@@ -88,6 +115,19 @@ async def create_job(
     except Exception:
         await store.discard(record)
         raise
+    logger.info(
+        "job %s submitted (%s, priority %d)",
+        record.id,
+        record.kind.value,
+        record.priority,
+        extra={
+            "job_id": record.id,
+            "kind": record.kind.value,
+            "owner": owner,
+            "priority": record.priority,
+            "task_ids": ",".join(step.task_id for step in record.steps),
+        },
+    )
     stored = StoredJob(
         record, started_at=None, canceled_at=None, attempts={}, metas=[None] * len(record.steps)
     )
@@ -164,8 +204,9 @@ async def cancel_job(
     status = _public(request, job).status
     if status.finished:
         raise JobFinished(job_id, status.value)
-    await store.cancel(job.record)
+    await store.cancel(job.record, job.started_at)
     await run_in_threadpool(dispatch.revoke, celery, job.record, job.metas)
+    logger.info("job %s canceled", job_id, extra={"job_id": job_id, "owner": owner})
     return _public(request, await store.get(job_id, owner))
 
 
