@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app import openapi
 from app.core.config import ApiSettings, get_settings
 from app.core.redis import connect
 from app.errors import install_error_handlers
@@ -74,6 +75,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(page.router)
+    openapi.install(app, settings)
     return app
 
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts.celery_config import DEFAULT_PRIORITY, PRIORITY_LEVELS
 from contracts.names import JobKind
 from contracts.schemas import (
+    Bound,
     DocumentInput,
     GenerateInput,
     JobOutput,
@@ -34,6 +35,10 @@ class JobStatus(StrEnum):
         return self not in {JobStatus.QUEUED, JobStatus.RUNNING}
 
 
+#: No countdown or expiry beyond this, whatever the settings (a year).
+SECONDS_CEILING = 365 * 86400
+
+
 class JobOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -43,9 +48,15 @@ class JobOptions(BaseModel):
         le=PRIORITY_LEVELS - 1,
         description="0 (least urgent) to 9 (most urgent).",
     )
-    delay_seconds: int = Field(default=0, ge=0, description="Start no sooner than this.")
-    expires_in: int | None = Field(
-        default=None, ge=1, description="Give up if not started within this many seconds."
+    delay_seconds: Annotated[int, Bound("delay_limit")] = Field(
+        default=0, ge=0, le=SECONDS_CEILING, description="Start no sooner than this."
+    )
+    expires_in: Annotated[int | None, Bound("result_expires")] = Field(
+        default=None,
+        ge=1,
+        le=SECONDS_CEILING,
+        description="Give up if not started within this many seconds (at most as long as "
+        "the job is kept).",
     )
 
 

@@ -5,6 +5,7 @@ with :class:`Bound` may not exceed the named setting (:func:`limit_violations`),
 by the API on submit and again by the worker on receipt.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal, Self
 
@@ -272,21 +273,27 @@ class LimitViolation(BaseModel):
     message: str
 
 
+def bounded_fields(model: type[BaseModel]) -> Iterator[tuple[str, Bound]]:
+    """The model's fields that carry a :class:`Bound`, with it."""
+    for name, info in model.model_fields.items():
+        for bound in (meta for meta in info.metadata if isinstance(meta, Bound)):
+            yield name, bound
+
+
 def limit_violations(payload: BaseModel, settings: CommonSettings) -> list[LimitViolation]:
     """Fields that exceed the setting their :class:`Bound` names."""
     violations = []
-    for name, info in type(payload).model_fields.items():
-        for bound in (meta for meta in info.metadata if isinstance(meta, Bound)):
-            limit = getattr(settings, bound.setting)
-            value = getattr(payload, name)
-            if isinstance(value, str):
-                size, unit = len(value), " characters"
-            elif isinstance(value, list):
-                size, unit = len(value), " items"
-            else:
-                size, unit = value, ""
-            if size > limit:
-                violations.append(
-                    LimitViolation(field=name, message=f"must be at most {limit}{unit}")
-                )
+    for name, bound in bounded_fields(type(payload)):
+        limit = getattr(settings, bound.setting)
+        value = getattr(payload, name)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            size, unit = len(value), " characters"
+        elif isinstance(value, list):
+            size, unit = len(value), " items"
+        else:
+            size, unit = value, ""
+        if size > limit:
+            violations.append(LimitViolation(field=name, message=f"must be at most {limit}{unit}"))
     return violations

@@ -66,6 +66,7 @@ def stack_env(redis_url: str) -> dict[str, str]:
         cancel_check_interval="0.1",
         progress_interval="0.1",
         sse_heartbeat=str(TEST_HEARTBEAT),
+        log_format="json",
     )
 
 

@@ -43,6 +43,10 @@ router = APIRouter(
 )
 
 LIST_SCAN_PAGES = 10
+WHY_LIMITED = {
+    "delay_seconds": " (the broker's visibility timeout would deliver a longer countdown twice)",
+    "expires_in": " (the job itself is kept no longer)",
+}
 
 #: One example per kind, from each input schema's own example (shown by /docs and the page).
 EXAMPLES: dict[str, Any] = {
@@ -91,16 +95,10 @@ async def create_job(
     errors = [
         {"loc": ["body", "input", v.field], "msg": v.message, "type": "limit"}
         for v in limit_violations(job.input, settings)
+    ] + [
+        {"loc": ["body", v.field], "msg": v.message + WHY_LIMITED.get(v.field, ""), "type": "limit"}
+        for v in limit_violations(job, settings)
     ]
-    if job.delay_seconds > settings.delay_limit:
-        errors.append(
-            {
-                "loc": ["body", "delay_seconds"],
-                "msg": f"must be at most {settings.delay_limit} (the broker's visibility "
-                "timeout would deliver a longer countdown twice)",
-                "type": "limit",
-            }
-        )
     if errors:
         raise InputRejected(errors)
     if settings.max_queue_depth:
