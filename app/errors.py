@@ -150,6 +150,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)
+    # Full (noeviction refuses writes rather than dropping keys) or a read-only replica.
+    @app.exception_handler(redis.exceptions.OutOfMemoryError)
+    @app.exception_handler(redis.exceptions.ReadOnlyError)
     async def on_redis_down(request: Request, error: Exception) -> JSONResponse:
         logger.warning("redis unavailable: %s", error)
         return problem(

@@ -1,9 +1,15 @@
 """What can be checked of the compose file and Dockerfiles without a Docker engine."""
 
 import importlib
+import json
 import re
+import subprocess
+import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
@@ -19,9 +25,73 @@ SETTINGS = {
 DOCKERFILES = [ROOT / "Dockerfile.api", ROOT / "Dockerfile.worker"]
 
 
+#: The Compose specification's JSON schema, as the last Python release of Compose ships it
+#: (a wheel on PyPI, pinned by hash); fetched once into .cache/.
+SCHEMA_WHEEL = (
+    "docker-compose==1.29.2 "
+    "--hash=sha256:8d5589373b35c8d3b1c8c1182c6e4a4ff14bffa3dd0b605fcd08f73c94cef809"
+)
+SCHEMA_IN_WHEEL = "compose/config/compose_spec.json"
+SCHEMA_CACHE = ROOT / ".cache" / "compose-spec" / "compose_spec.json"
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def compose_schema() -> dict:
+    if not SCHEMA_CACHE.exists():
+        with tempfile.TemporaryDirectory() as scratch:
+            requirements = Path(scratch) / "requirements.txt"
+            requirements.write_text(SCHEMA_WHEEL + "\n")
+            fetched = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                 "--require-hashes", "-r", str(requirements), "-d", scratch],
+                capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            if fetched.returncode != 0:
+                pytest.skip(f"the Compose schema could not be fetched from PyPI: {fetched.stderr}")
+            [wheel] = Path(scratch).glob("*.whl")
+            SCHEMA_CACHE.parent.mkdir(parents=True, exist_ok=True)
+            SCHEMA_CACHE.write_bytes(zipfile.ZipFile(wheel).read(SCHEMA_IN_WHEEL))
+    schema: dict = json.loads(SCHEMA_CACHE.read_text())
+    return schema
+
+
+def test_compose_file_follows_the_compose_specification(compose: dict, compose_schema: dict):
+    validator = jsonschema.Draft201909Validator(compose_schema)
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(compose)
+    ]
+    assert errors == []
+
+
+def test_the_schema_check_catches_a_broken_file(compose: dict, compose_schema: dict):
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["worker"]["healthcheck"]["retries"] = "three"
+    broken["services"]["api"]["depends_on"]["redis"]["condition"] = "whenever"
+    validator = jsonschema.Draft201909Validator(compose_schema)
+    assert len(list(validator.iter_errors(broken))) == 2
+
+
+def test_every_service_has_a_healthcheck(compose: dict):
+    for name, service in compose["services"].items():
+        assert service["healthcheck"]["test"], name
+    api_check = " ".join(compose["services"]["api"]["healthcheck"]["test"])
+    paths = importlib.import_module("app.main").app.openapi()["paths"]
+    assert re.search(r"127\.0\.0\.1:8000(/\w+)", api_check)[1] in paths
+    worker_check = " ".join(compose["services"]["worker"]["healthcheck"]["test"])
+    assert "celery -A worker.celery_app inspect ping" in worker_check
+
+
+def test_flower_sees_task_events(compose: dict):
+    assert "-E" in compose["services"]["worker"]["command"]
+    flower = " ".join(compose["services"]["flower"]["command"])
+    assert "--broker=redis://redis:6379/0" in flower
+    assert compose["services"]["worker"]["environment"]["LLM_TASKS_REDIS_URL"] in flower
 
 
 def test_compose_has_the_four_services(compose: dict):

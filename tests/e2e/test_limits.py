@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from tools.stack import clean_env, free_port, http_ok, start_api, start_redis, wait_until
 
@@ -107,6 +108,22 @@ def test_a_full_queue_answers_503_and_nothing_accepted_is_lost(limited_api: str)
             assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
         metrics = client.get("/metrics").text
         assert f'llm_tasks_queue_depth{{queue="generate"}} {MAX_QUEUE_DEPTH}.0' in metrics
+
+
+def test_a_full_redis_refuses_with_503_not_500(limited_api: str, private_redis: str):
+    """With noeviction, a Redis at its memory limit refuses writes: the API says so."""
+    admin = redis.Redis.from_url(private_redis)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")
+    try:
+        with as_key(limited_api, "alpha-key") as client:
+            response = client.post("/v1/jobs", json={"kind": "sentiment", "input": {"text": "x"}})
+            assert response.status_code == 503
+            assert response.headers["content-type"] == "application/problem+json"
+            assert "retry-after" in response.headers
+    finally:
+        admin.config_set("maxmemory", "0")
+        admin.close()
 
 
 def test_a_body_over_the_bound_is_refused_before_parsing(limited_api: str):
