@@ -28,7 +28,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy app contracts worker tools bench
+	$(VENV)/bin/mypy app contracts worker tools bench llm_tasks
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)

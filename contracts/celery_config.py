@@ -9,12 +9,8 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Queue
 
-from contracts.names import TASK_QUEUES, QueueName
+from contracts.names import DEFAULT_PRIORITY, PRIORITY_LEVELS, TASK_QUEUES, QueueName
 from contracts.settings import CommonSettings
-
-#: Client-facing priorities: 0 (least urgent) to 9 (most urgent).
-PRIORITY_LEVELS = 10
-DEFAULT_PRIORITY = 5
 
 
 def is_amqp(broker_url: str) -> bool:

@@ -6,8 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.celery_config import DEFAULT_PRIORITY, PRIORITY_LEVELS
-from contracts.names import JobKind
+from contracts.names import DEFAULT_PRIORITY, PRIORITY_LEVELS, JobKind
 from contracts.schemas import (
     Bound,
     DocumentInput,

@@ -54,3 +54,8 @@ TASK_QUEUES: dict[TaskName, QueueName] = {
     TaskName.REPLY_VARIANT: QueueName.GENERATE,
     TaskName.REPLY_RANK: QueueName.CLASSIFY,
 }
+
+
+#: Client-facing priorities: 0 (least urgent) to 9 (most urgent).
+PRIORITY_LEVELS = 10
+DEFAULT_PRIORITY = 5

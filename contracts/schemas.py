@@ -7,11 +7,12 @@ by the API on submit and again by the worker on receipt.
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from contracts.settings import CommonSettings
+if TYPE_CHECKING:  # the client imports these schemas without the service's settings
+    from contracts.settings import CommonSettings
 
 PROMPT_CHARS_CEILING = 100_000
 TEXT_CHARS_CEILING = 200_000
@@ -280,7 +281,7 @@ def bounded_fields(model: type[BaseModel]) -> Iterator[tuple[str, Bound]]:
             yield name, bound
 
 
-def limit_violations(payload: BaseModel, settings: CommonSettings) -> list[LimitViolation]:
+def limit_violations(payload: BaseModel, settings: "CommonSettings") -> list[LimitViolation]:
     """Fields that exceed the setting their :class:`Bound` names."""
     violations = []
     for name, bound in bounded_fields(type(payload)):

@@ -4,6 +4,7 @@ The stack is a private ``redis-server`` on a free port, a real Celery worker pro
 the API under uvicorn, driven over real sockets. Nothing is mocked.
 """
 
+import contextlib
 import shutil
 import time
 from collections.abc import Iterator
@@ -93,6 +94,18 @@ def api_url(stack_env: dict[str, str], log_dir: Path, worker: Process) -> Iterat
 def client(api_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=api_url, timeout=10) as http:
         yield http
+
+
+@contextlib.contextmanager
+def another_api(env: dict[str, str], log_dir: Path) -> Iterator[str]:
+    """One more API process with its own settings (``env``); yields its URL."""
+    port = free_port()
+    process = start_api(env, log_dir, host="127.0.0.1", port=port)
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 30, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.stop()
 
 
 def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:

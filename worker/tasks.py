@@ -1,7 +1,7 @@
 """Celery tasks: thin wrappers that validate, call :mod:`worker.inference` and serialize.
 
 Every task is a plain Celery task, usable from a Python shell (``generate_text.delay(
-"Hello world")``; the README's "Use it from Python" shows more).
+"Hello world")``; the README's "Celery tasks from Python" shows more).
 
 Workflow steps receive the previous step's result as their first argument (chains) or
 the list of the parallel steps' results (chord bodies): no task waits on another.

@@ -23,9 +23,8 @@ from app.errors import InputRejected, JobFinished, QueueFull
 from app.events import Inbox, job_events, step_channels
 from app.status import build_job
 from app.store import StoredJob, decode_cursor, encode_cursor, score_of
-from contracts.celery_config import DEFAULT_PRIORITY
 from contracts.jobs import JobCreate, JobPage, JobPublic, JobStatus, JobUrls, job_examples
-from contracts.names import JobKind
+from contracts.names import DEFAULT_PRIORITY, JobKind
 from contracts.schemas import limit_violations
 
 PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}

@@ -6,21 +6,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tools.stack import free_port, http_ok, start_api, wait_until
+from tests.conftest import another_api
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def keyed_api(stack_env: dict[str, str], log_dir: Path, worker) -> Iterator[str]:
-    env = stack_env | {"LLM_TASKS_API_KEYS": "alpha-key, beta-key"}
-    port = free_port()
-    process = start_api(env, log_dir, host="127.0.0.1", port=port)
-    try:
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 30, process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.stop()
+    with another_api(stack_env | {"LLM_TASKS_API_KEYS": "alpha-key, beta-key"}, log_dir) as url:
+        yield url
 
 
 def as_key(url: str, key: str | None) -> httpx.Client:

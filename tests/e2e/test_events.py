@@ -100,7 +100,8 @@ def test_a_client_that_goes_away_leaves_no_subscription(client: httpx.Client, re
 
     assert subscribers() == 0
     with client.stream("GET", f"/v1/jobs/{job['id']}/events", timeout=30) as response:
-        first = next(read_stream(response))
+        stream = read_stream(response)  # held: a collected reader would hang up at once
+        first = next(stream)
         assert isinstance(first, Event), first
         assert first.event == "status"  # sent once subscribed
         assert subscribers() == 1

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tools.stack import free_port, http_ok, start_api, wait_until
+from tests.conftest import another_api
 
 pytestmark = pytest.mark.e2e
 
@@ -29,15 +29,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def keyed_api(stack_env: dict[str, str], log_dir: Path, worker) -> Iterator[str]:
     """The API with a key, so that the fuzzer also checks that requests without it fail."""
-    port = free_port()
-    process = start_api(
-        stack_env | {"LLM_TASKS_API_KEYS": KEY}, log_dir, host="127.0.0.1", port=port
-    )
-    try:
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 30, process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.stop()
+    with another_api(stack_env | {"LLM_TASKS_API_KEYS": KEY}, log_dir) as url:
+        yield url
 
 
 @pytest.fixture

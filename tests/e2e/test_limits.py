@@ -3,16 +3,17 @@
 These run an API on its own Redis with no worker, so that what is queued stays queued.
 """
 
-import contextlib
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
-from tools.stack import clean_env, free_port, http_ok, start_api, start_redis, wait_until
+from tests.conftest import another_api
+from tools.stack import clean_env, start_redis
 
 pytestmark = pytest.mark.e2e
 
@@ -27,16 +28,9 @@ def private_redis(log_dir: Path) -> Iterator[str]:
     server.stop()
 
 
-@contextlib.contextmanager
-def api_with(log_dir: Path, redis_url: str, **settings: str) -> Iterator[str]:
+def api_with(log_dir: Path, redis_url: str, **settings: str) -> ContextManager[str]:
     env = clean_env(redis_url=redis_url, api_keys="alpha-key,beta-key", **settings)
-    port = free_port()
-    api = start_api(env, log_dir, host="127.0.0.1", port=port)
-    try:
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 30, api)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        api.stop()
+    return another_api(env, log_dir)
 
 
 @pytest.fixture(scope="module")

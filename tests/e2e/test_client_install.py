@@ -1,0 +1,39 @@
+"""The client installs alone (``pip install "llm-tasks[client]"`` in a fresh virtualenv:
+no torch, Celery, Redis or FastAPI) and from there watches a story job live."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools.stack import ROOT, clean_env
+
+pytestmark = pytest.mark.e2e
+
+SERVICE_ONLY = {"torch", "transformers", "celery", "kombu", "redis", "fastapi", "uvicorn"}
+
+
+def test_the_client_installs_alone_and_watches_a_story(api_url: str, tmp_path: Path):
+    venv = tmp_path / "client-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=60)
+    installed = subprocess.run(
+        [venv / "bin" / "pip", "install", "--quiet", f"{ROOT}[client]"],
+        capture_output=True, text=True, timeout=600, env=clean_env(),
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    freeze = subprocess.run(
+        [venv / "bin" / "pip", "freeze"], capture_output=True, text=True, check=True
+    ).stdout
+    packages = {line.split("==")[0].split(" @ ")[0].lower() for line in freeze.split()}
+    assert packages & SERVICE_ONLY == set()
+    assert {"httpx", "httpx-sse", "pydantic", "llm-tasks"} <= packages
+
+    watched = subprocess.run(
+        [venv / "bin" / "llm-tasks", "--url", api_url, "submit", "story", "a ship", "--watch"],
+        capture_output=True, text=True, timeout=120, env=clean_env(), cwd=tmp_path,
+    )  # fmt: skip
+    assert watched.returncode == 0, watched.stderr
+    for step in ("outline", "expand", "dialogue"):
+        assert f"--- {step} ---" in watched.stdout
+        assert f"[{step}] succeeded" in watched.stdout
