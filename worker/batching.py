@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import torch
 
 from contracts.metrics import BATCH_SIZE, BUSY_SECONDS, TOKENS
 from worker.config import get_settings
+from worker.kv_cache import GrowingCache, can_merge, merged, trim_left
 from worker.metrics import tally
 from worker.models import LoadedModel, ModelRole
 
@@ -41,7 +42,16 @@ class Pending(Generic[Item, Result]):
     future: "Future[Result]" = field(default_factory=Future)
 
 
-Runner = Callable[[LoadedModel, list[Pending[Any, Any]]], None]
+class Arrivals(Protocol):
+    """Requests that arrived while a batch runs, for a runner that can take them in."""
+
+    def waiting(self) -> int: ...
+
+    def take(self, limit: int) -> list[Pending[Any, Any]]: ...
+
+
+#: Runs a batch; may take arrivals in while it runs, up to ``capacity`` rows at once.
+Runner = Callable[[LoadedModel, list[Pending[Any, Any]], Arrivals, int], None]
 
 
 class MicroBatcher:
@@ -84,16 +94,30 @@ class MicroBatcher:
                     )
                 except queue.Empty:
                     break
+            started = time.perf_counter()
+            self._run(batch)
+            # After the run: a decode loop takes in the rows that arrive while it runs.
             self.batch_sizes.append(len(batch))
             labels = {"model": str(self._loaded.role)}
             tally.observe(BATCH_SIZE, labels, len(batch))
-            started = time.perf_counter()
-            self._run(batch)
             tally.inc(BUSY_SECONDS, labels, time.perf_counter() - started)
+
+    def waiting(self) -> int:
+        return self._queue.qsize()
+
+    def take(self, limit: int) -> list[Pending[Any, Any]]:
+        """Up to ``limit`` requests that are waiting now, without blocking."""
+        arrived: list[Pending[Any, Any]] = []
+        while len(arrived) < limit:
+            try:
+                arrived.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return arrived
 
     def _run(self, batch: list[Pending[Any, Any]]) -> None:
         try:
-            self._runner(self._loaded, batch)
+            self._runner(self._loaded, batch, self, self._max_size)
         except torch.cuda.OutOfMemoryError as error:
             unfinished = [p for p in batch if not p.future.done()]
             if torch.cuda.is_available():
@@ -140,6 +164,18 @@ class Decoded:
     finish_reason: Literal["length", "stop", "canceled"]
 
 
+#: Fewest padding columns worth cutting off the cache (cutting copies nothing).
+TRIM_AT_LEAST = 8
+
+#: Steps arrivals wait at most before they join a running decode loop.
+JOIN_AFTER_STEPS = 4
+
+#: Candidates for nucleus sampling, tried in turn: topk is much cheaper than sorting the
+#: whole vocabulary, and most rows' nucleus fits in a few dozen tokens. A row whose
+#: nucleus does not fit goes on to the next size (the last is the whole vocabulary).
+NUCLEUS_CANDIDATES = (64, 512)
+
+
 def _sample(
     logits: torch.Tensor,
     temperatures: torch.Tensor,
@@ -147,90 +183,227 @@ def _sample(
     generators: list[torch.Generator],
 ) -> torch.Tensor:
     """Next token per row: greedy where the temperature is 0, else nucleus sampling with
-    the row's own temperature, top-p and random generator."""
+    the row's own temperature, top-p and random generator (one uniform draw per row)."""
     tokens = logits.argmax(dim=-1)
     sampled = (temperatures > 0).nonzero().flatten()
     if sampled.numel() == 0:
         return tokens
     scaled = logits[sampled] / temperatures[sampled, None]
-    ordered, order = scaled.sort(dim=-1, descending=True)
-    probs = ordered.softmax(dim=-1)
-    outside = probs.cumsum(dim=-1) - probs > top_ps[sampled, None]  # the first token always stays
-    probs = probs.masked_fill(outside, 0.0)
-    for j, row in enumerate(sampled.tolist()):
-        choice = torch.multinomial(probs[j], 1, generator=generators[row])
-        tokens[row] = order[j, choice[0]]
+    nucleus = top_ps[sampled, None]
+    total = scaled.logsumexp(dim=-1, keepdim=True)
+    draws = torch.stack(
+        [
+            torch.rand((), generator=generators[row], device=logits.device)
+            for row in sampled.tolist()
+        ]
+    )[:, None]
+    picked = torch.empty_like(sampled)
+    left = torch.arange(len(sampled), device=logits.device)  # rows not picked yet
+    vocabulary = scaled.shape[-1]
+    for size in (*(k for k in NUCLEUS_CANDIDATES if k < vocabulary), vocabulary):
+        tokens_of, fits = _nucleus(scaled[left], total[left], nucleus[left], draws[left], size)
+        if size == vocabulary:
+            fits = torch.ones_like(fits)
+        picked[left[fits]] = tokens_of[fits]
+        left = left[~fits]
+        if left.numel() == 0:
+            break
+    tokens[sampled] = picked
     return tokens
 
 
-def decode_batch(loaded: LoadedModel, batch: list[Pending[DecodeRow, Decoded]]) -> None:
+def _nucleus(
+    scaled: torch.Tensor, total: torch.Tensor, nucleus: torch.Tensor, draws: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's pick among its ``size`` likeliest tokens, and whether its nucleus fits in
+    them (the pick is right only then)."""
+    if size < scaled.shape[-1]:
+        top, order = scaled.topk(size, dim=-1)
+    else:
+        top, order = scaled.sort(dim=-1, descending=True)
+    probs = (top - total).exp()  # each candidate's probability over the whole vocabulary
+    outside = probs.cumsum(dim=-1) - probs > nucleus  # the first token always stays
+    cdf = probs.masked_fill(outside, 0.0).cumsum(dim=-1)
+    choice = torch.searchsorted(cdf, (draws * cdf[:, -1:]).contiguous()).clamp(max=size - 1)
+    fits = probs.sum(dim=-1) >= nucleus.squeeze(-1)
+    return order.gather(-1, choice).squeeze(-1), fits
+
+
+class _Rows:
+    """The rows of a decode loop that are still generating, aligned on one KV cache.
+
+    Between steps: the cache holds ``length`` positions for every row (left-padded),
+    ``mask`` has one more column for the token each row feeds next (``next_tokens``, at
+    ``positions``), and each row keeps its own sampling parameters and generator.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.index: list[int] = []  # each row's place in the batch
+        self.cache: GrowingCache | None = None
+        self.mask = torch.zeros((0, 1), dtype=torch.long, device=device)
+        self.positions = torch.zeros((0, 1), dtype=torch.long, device=device)
+        self.next_tokens = torch.zeros((0,), dtype=torch.long, device=device)
+        self.temperatures = torch.zeros((0,), device=device)
+        self.top_ps = torch.zeros((0,), device=device)
+        self.generators: list[torch.Generator] = []
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def keep(self, keep: list[int]) -> None:
+        selected = torch.tensor(keep, dtype=torch.long, device=self.device)
+        if self.cache is not None:
+            self.cache.batch_select_indices(selected)
+        self.mask, self.positions = self.mask[selected], self.positions[selected]
+        self.next_tokens = self.next_tokens[selected]
+        self.temperatures, self.top_ps = self.temperatures[selected], self.top_ps[selected]
+        self.generators = [self.generators[j] for j in keep]
+        self.index = [self.index[j] for j in keep]
+
+    def trim(self) -> None:
+        """Drop the cache columns that are padding for every row. Rows joined later are
+        left-padded to the oldest row; once that one has left, the padding would otherwise
+        stay (and grow: a busy loop never ends), costing attention and memory."""
+        if not self.index or not isinstance(self.cache, GrowingCache):
+            return
+        leading = int((self.mask.cumsum(dim=1) == 0).sum(dim=1).min())
+        if leading >= TRIM_AT_LEAST:
+            trim_left(self.cache, leading)
+            self.mask = self.mask[:, leading:]
+
+    def merge(self, other: "_Rows") -> None:
+        """Take ``other``'s rows in (continuous batching): both caches are left-padded to
+        the longer one, which the attention mask hides."""
+        if not self.index:
+            self.__dict__.update(other.__dict__)
+            return
+        assert isinstance(self.cache, GrowingCache) and isinstance(other.cache, GrowingCache)
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        self.cache = merged(self.cache, other.cache, width - 1)
+        self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(other.mask, width)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.next_tokens = torch.cat([self.next_tokens, other.next_tokens])
+        self.temperatures = torch.cat([self.temperatures, other.temperatures])
+        self.top_ps = torch.cat([self.top_ps, other.top_ps])
+        self.generators += other.generators
+        self.index += other.index
+
+
+def _pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """The attention mask, with zeros on the left up to ``width`` columns."""
+    missing = width - mask.shape[1]
+    return (
+        torch.cat([mask.new_zeros((mask.shape[0], missing)), mask], dim=1) if missing > 0 else mask
+    )
+
+
+def decode_batch(
+    loaded: LoadedModel,
+    batch: list[Pending[DecodeRow, Decoded]],
+    arrivals: Arrivals | None = None,
+    capacity: int | None = None,
+) -> None:
     """The batched decode loop: left-padded prompts, one forward pass per step for all
-    active rows, finished rows dropped from the batch (and its KV cache) as they end."""
-    rows = [pending.item for pending in batch]
+    active rows, finished rows dropped from the batch (and its KV cache) as they end.
+
+    With ``arrivals``, it is continuous batching: at a step boundary, requests that arrived
+    meanwhile join (up to ``capacity`` rows), after a prefill pass of their own; they are
+    appended to ``batch``, so that whoever handles an error sees them too. Joining costs
+    a pass and a copy of the cache, so arrivals are taken in groups: once they are a
+    quarter of the running rows, or have waited ``JOIN_AFTER_STEPS`` steps.
+    """
     device, tokenizer = loaded.device, loaded.tokenizer
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    width = max(len(row.context) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row.context) :] = torch.tensor(row.context)
-        mask[i, width - len(row.context) :] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-    temperatures = torch.tensor([row.temperature for row in rows], device=device)
-    top_ps = torch.tensor([row.top_p for row in rows], device=device)
-    generators = [torch.Generator(device=device).manual_seed(row.seed) for row in rows]
-    generated: list[list[int]] = [[] for _ in rows]
-    active = list(range(len(rows)))
-    past = None
+    capacity = capacity or len(batch)
+    generated: list[list[int]] = [[] for _ in batch]
+    rows = _Rows(device)
 
     def finish(index: int, reason: Literal["length", "stop", "canceled"]) -> None:
         tally.inc(TOKENS, {"model": str(loaded.role)}, len(generated[index]))
         batch[index].future.set_result(Decoded(generated[index], reason))
 
+    def advance(group: _Rows, logits: torch.Tensor) -> None:
+        """Sample each row's next token, hand back the rows that are done, keep the rest."""
+        tokens = _sample(logits.float(), group.temperatures, group.top_ps, group.generators)
+        keep = []
+        for j, (index, token) in enumerate(zip(group.index, tokens.tolist(), strict=True)):
+            row: DecodeRow = batch[index].item
+            if token == eos_id:
+                finish(index, "stop")
+                continue
+            generated[index].append(token)
+            if row.on_tokens is not None:
+                _safely(row.on_tokens, generated[index])
+            if len(generated[index]) >= row.max_new_tokens:
+                finish(index, "length")
+            elif row.should_stop is not None and row.should_stop():
+                finish(index, "canceled")
+            else:
+                keep.append(j)
+        group.next_tokens = tokens
+        if len(keep) < len(group):
+            group.keep(keep)
+            group.trim()
+        group.mask = torch.cat([group.mask, group.mask.new_ones((len(group), 1))], dim=-1)
+        group.positions = group.positions + 1
+
+    def prefill(start: int) -> _Rows:
+        """The rows from ``start`` on: their prompts in one pass, and their first tokens."""
+        new = [pending.item for pending in batch[start:]]
+        width = max(len(row.context) for row in new)
+        input_ids = torch.full((len(new), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(new), width), dtype=torch.long)
+        for i, row in enumerate(new):
+            input_ids[i, width - len(row.context) :] = torch.tensor(row.context)
+            mask[i, width - len(row.context) :] = 1
+        group = _Rows(device)
+        group.index = list(range(start, len(batch)))
+        group.mask = mask.to(device)
+        positions = (group.mask.cumsum(dim=-1) - 1).clamp(min=0)
+        group.positions = positions[:, -1:]
+        group.temperatures = torch.tensor([row.temperature for row in new], device=device)
+        group.top_ps = torch.tensor([row.top_p for row in new], device=device)
+        group.generators = [torch.Generator(device=device).manual_seed(row.seed) for row in new]
+        output = loaded.model(
+            input_ids=input_ids.to(device),
+            attention_mask=group.mask,
+            position_ids=positions,
+            past_key_values=GrowingCache(),
+            use_cache=True,
+        )
+        group.cache = output.past_key_values
+        advance(group, output.logits[:, -1, :])
+        return group
+
     with loaded.lock, torch.inference_mode():
-        for _ in range(max(row.max_new_tokens for row in rows)):
+        rows.merge(prefill(0))
+        joining = arrivals is not None and capacity > 1 and can_merge(rows.cache)
+        waited = 0
+        while rows:
             output = loaded.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=past,
+                input_ids=rows.next_tokens[:, None],
+                attention_mask=rows.mask,
+                position_ids=rows.positions,
+                past_key_values=rows.cache,
                 use_cache=True,
             )
-            past = output.past_key_values
-            next_tokens = _sample(output.logits[:, -1, :].float(), temperatures, top_ps, generators)
-            keep = []
-            for j, (index, token) in enumerate(zip(active, next_tokens.tolist(), strict=True)):
-                row = rows[index]
-                if token == eos_id:
-                    finish(index, "stop")
-                    continue
-                generated[index].append(token)
-                if row.on_tokens is not None:
-                    _safely(row.on_tokens, generated[index])
-                if len(generated[index]) >= row.max_new_tokens:
-                    finish(index, "length")
-                elif row.should_stop is not None and row.should_stop():
-                    finish(index, "canceled")
-                else:
-                    keep.append(j)
-            if not keep:
-                return
-            if len(keep) < len(active):
-                selected = torch.tensor(keep, device=device)
-                past.batch_select_indices(selected)
-                mask, positions, next_tokens = (
-                    mask[selected],
-                    positions[selected],
-                    next_tokens[selected],
-                )
-                temperatures, top_ps = temperatures[selected], top_ps[selected]
-                generators = [generators[j] for j in keep]
-                active = [active[j] for j in keep]
-            input_ids = next_tokens[:, None]
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
-            positions = positions[:, -1:] + 1
+            rows.cache = output.past_key_values
+            advance(rows, output.logits[:, -1, :])
+            if not joining or arrivals is None or len(rows) >= capacity:
+                continue
+            waiting = arrivals.waiting()
+            waited = waited + 1 if waiting else 0
+            if waiting and (4 * waiting >= len(rows) or waited >= JOIN_AFTER_STEPS):
+                arrived = arrivals.take(capacity - len(rows))
+                waited = 0
+                if arrived:
+                    start = len(batch)
+                    batch.extend(arrived)
+                    generated.extend([] for _ in arrived)
+                    if joined := prefill(start):
+                        rows.merge(joined)
 
 
 def _safely(callback: Callable[[list[int]], None], tokens: list[int]) -> None:
@@ -315,7 +488,7 @@ def summarize_texts(
     return [str(text).strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
 
 
-def classify_batch(loaded: LoadedModel, batch: list[Pending[str, Sentiment]]) -> None:
+def classify_batch(loaded: LoadedModel, batch: list[Pending[str, Sentiment]], *_: Any) -> None:
     def tokens(text: str) -> int:
         return len(loaded.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
@@ -325,7 +498,9 @@ def classify_batch(loaded: LoadedModel, batch: list[Pending[str, Sentiment]]) ->
             pending.future.set_result(result)
 
 
-def summarize_batch(loaded: LoadedModel, batch: list[Pending[SummaryRequest, str]]) -> None:
+def summarize_batch(
+    loaded: LoadedModel, batch: list[Pending[SummaryRequest, str]], *_: Any
+) -> None:
     by_bounds: dict[tuple[int, int], list[Pending[SummaryRequest, str]]] = {}
     for pending in batch:
         bounds = (pending.item.min_new_tokens, pending.item.max_new_tokens)

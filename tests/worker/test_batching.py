@@ -2,6 +2,7 @@
 parameters, stream and cancellation, and out-of-memory splits a batch."""
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,6 +35,15 @@ def batcher(generator: LoadedModel, max_size: int = 16, wait_ms: float = 200) ->
     return MicroBatcher(generator, decode_batch, max_size=max_size, wait_ms=wait_ms)
 
 
+def batch_sizes(engine: MicroBatcher, runs: int) -> list[int]:
+    """The sizes of the engine's runs, once it has recorded ``runs`` of them (each is
+    recorded when its run ends, a moment after the last result is handed back)."""
+    deadline = time.monotonic() + 10
+    while len(engine.batch_sizes) < runs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return engine.batch_sizes
+
+
 def test_concurrent_rows_with_different_parameters_share_passes(generator: LoadedModel):
     engine = batcher(generator)
     rows = [
@@ -44,7 +54,7 @@ def test_concurrent_rows_with_different_parameters_share_passes(generator: Loade
     ]
     with ThreadPoolExecutor(len(rows)) as pool:
         results = list(pool.map(engine.submit, rows))
-    assert engine.batch_sizes == [4]  # one batch for all four
+    assert batch_sizes(engine, 1) == [4]  # one batch for all four
     assert [len(result.tokens) for result in results] == [5, 12, 20, 8]
     assert all(result.finish_reason == "length" for result in results)
 
@@ -88,7 +98,7 @@ def test_a_finished_row_hands_its_result_back_at_once(generator: LoadedModel):
     for thread in threads:
         thread.join(timeout=60)
     assert finished == ["short", "long"]
-    assert engine.batch_sizes == [2]
+    assert batch_sizes(engine, 1) == [2]
 
 
 def test_cancel_stops_only_its_own_row(generator: LoadedModel):
@@ -113,10 +123,45 @@ def test_cancel_stops_only_its_own_row(generator: LoadedModel):
     assert len(second.tokens) == 30
 
 
+def test_a_request_joins_a_running_decode_loop(generator: LoadedModel):
+    """Continuous batching: a row that arrives while a long generation runs joins it at
+    the next step, finishes on its own, and gets the tokens it would get alone."""
+    engine = batcher(generator, wait_ms=0)
+    long_started = threading.Event()
+    steps: list[int] = []
+
+    def on_tokens(tokens: list[int]) -> None:
+        steps.append(len(tokens))
+        if len(tokens) == 5:
+            long_started.set()
+
+    long_row = DecodeRow(
+        context(generator, "A long story begins"), 120, 0.8, 0.95, seed=1, on_tokens=on_tokens
+    )
+    late_prompt = context(generator, "Meanwhile, in the harbor, with a much longer prompt")
+    late_row = DecodeRow(late_prompt, 10, 0.8, 0.95, seed=5)
+    with ThreadPoolExecutor(2) as pool:
+        long_result = pool.submit(engine.submit, long_row)
+        assert long_started.wait(30)
+        late_result = pool.submit(engine.submit, late_row).result(timeout=60)
+        steps_when_late_finished = len(steps)
+        assert long_result.result(timeout=60).finish_reason == "length"
+    assert steps_when_late_finished < 120  # it did not wait for the long row to end
+    assert batch_sizes(engine, 1) == [2]  # one loop served both
+    alone = batcher(generator, max_size=1).submit(DecodeRow(late_prompt, 10, 0.8, 0.95, seed=5))
+    assert late_result.tokens == alone.tokens
+    # The long row, which had company for a while (and its cache padded, then trimmed
+    # when the company left), gives the tokens it gives alone too.
+    long_alone = batcher(generator, max_size=1).submit(
+        DecodeRow(context(generator, "A long story begins"), 120, 0.8, 0.95, seed=1)
+    )
+    assert long_result.result().tokens == long_alone.tokens
+
+
 def test_out_of_memory_splits_the_batch(generator: LoadedModel):
     seen: list[int] = []
 
-    def runner(loaded: LoadedModel, batch: list[Pending]) -> None:
+    def runner(loaded: LoadedModel, batch: list[Pending], *_: object) -> None:
         seen.append(len(batch))
         if len(batch) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
@@ -131,7 +176,7 @@ def test_out_of_memory_splits_the_batch(generator: LoadedModel):
 
 
 def test_a_lone_row_out_of_memory_is_an_error_for_its_task(generator: LoadedModel):
-    def runner(loaded: LoadedModel, batch: list[Pending]) -> None:
+    def runner(loaded: LoadedModel, batch: list[Pending], *_: object) -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
 
     engine = MicroBatcher(generator, runner, max_size=1, wait_ms=0)
@@ -144,7 +189,7 @@ def test_batching_off_runs_one_request_per_pass(generator: LoadedModel):
     rows = [DecodeRow(context(generator, f"Row {i}"), 3, 0.8, 0.95, seed=i) for i in range(4)]
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(engine.submit, rows))
-    assert engine.batch_sizes == [1, 1, 1, 1]
+    assert batch_sizes(engine, 4) == [1, 1, 1, 1]
 
 
 def test_texts_are_grouped_by_length():
