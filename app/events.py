@@ -46,6 +46,7 @@ class EventHub:
         self._confirmed: dict[str, asyncio.Event] = {}
         self._lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()  # wakes the reader when there is something to read
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read(), name="event-hub")
@@ -100,6 +101,7 @@ class EventHub:
                 listeners.add(inbox)
             if new:
                 await self._pubsub.subscribe(*new)
+                self._subscribed.set()
         waits = [
             self._confirmed[channel].wait() for channel in channels if channel in self._confirmed
         ]
@@ -130,7 +132,9 @@ class EventHub:
         while True:
             try:
                 if not self._pubsub.subscribed:
-                    await asyncio.sleep(0.05)
+                    self._subscribed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._subscribed.wait(), 1.0)
                     continue
                 message = await self._pubsub.get_message(timeout=1.0)
             except redis.exceptions.RedisError as error:

@@ -4,17 +4,22 @@ Every figure stands beside its peer from the same run:
 
 - queue overhead: very short jobs (sentiment of a few words) through the API versus raw
   Celery ``send_task`` on the same Redis and worker — jobs/s, p50/p99 submit → done;
-- generation at 1, 8, 32, 64 concurrent jobs: a worker with batching on, one with it off
-  (``LLM_TASKS_BATCH_MAX_SIZE=1``), and the ceiling: the same rows through the batched
-  decode loop in-process, with no queue at all;
+- generation at 1, 8, 32, 64 concurrent jobs of 32 tokens (and 32 of 128 tokens): a
+  worker with batching on, one with it off (``LLM_TASKS_BATCH_MAX_SIZE=1``), and the
+  ceiling: the same rows through the batched decode loop in-process, with no queue;
 - classification, likewise;
 - the API's submit rate under a load generator (requests/s, p99).
 
-``python -m bench throughput`` (quick, CPU); ``--full`` adds more jobs per level and, on
-a GPU, a GPT-2 124M-shaped generator (random weights) in half precision.
+``python -m bench throughput`` (quick, CPU); ``--full`` runs more jobs per level and, on
+a GPU, generates with a GPT-2 124M-shaped model (random weights, the tiny tokenizer; in
+half precision, as ``LLM_TASKS_DEVICE=auto`` loads it); ``--gpt2-shape`` picks that model
+anywhere. Every run also reports the memory-bandwidth bound of generation: a decode step
+reads every weight once, so B rows cannot go faster than B * bandwidth / weight bytes
+tokens/s (the bandwidth is measured with a large copy on the model's device).
 """
 
 import asyncio
+import os
 import sys
 import tempfile
 import threading
@@ -41,8 +46,12 @@ from tools.stack import (
 )
 
 FULL = "--full" in sys.argv
+GPT2_SHAPE = "--gpt2-shape" in sys.argv
 LEVELS = [1, 8, 32, 64]
 NEW_TOKENS = 32
+#: Longer jobs, at one level: the queue's cost per job is shared by more tokens.
+LONG_TOKENS = 128
+LONG_LEVELS = [32]
 PROMPT = "Once upon a time there was a"
 SENTENCE = "The staff were friendly and the room was lovely."
 
@@ -79,6 +88,7 @@ def worker_stack(log_dir: Path, batch_max_size: int) -> Iterator[tuple[dict[str,
         batch_max_size=str(batch_max_size),
         worker_concurrency="72",
         max_new_tokens="4096",
+        generator_model=os.environ.get("LLM_TASKS_GENERATOR_MODEL", "tiny"),
     )
     worker = start_worker(env, log_dir, name=f"bench-{batch_max_size}")
     celery = create_celery_app("bench", CommonSettings(redis_url=redis_url))
@@ -105,7 +115,9 @@ def through_queue(
     return {"jobs_per_s": total / wall, **percentiles(latencies)}
 
 
-def in_process_ceiling(kind: str, concurrency: int, total: int) -> dict[str, float]:
+def in_process_ceiling(
+    kind: str, concurrency: int, total: int, new_tokens: int = NEW_TOKENS
+) -> dict[str, float]:
     """The same work through the batched runners directly: no broker, no worker."""
     from worker.batching import DecodeRow, Pending, classify_batch, decode_batch
     from worker.models import ModelRole, get_registry
@@ -115,11 +127,11 @@ def in_process_ceiling(kind: str, concurrency: int, total: int) -> dict[str, flo
     done = 0
     while done < total:
         rows = min(concurrency, total - done)
-        if kind == "generate":
+        if kind.startswith("generate"):
             loaded = registry.get(ModelRole.GENERATOR)
             context = loaded.tokenizer(PROMPT)["input_ids"]
             batch: list[Any] = [
-                Pending(DecodeRow(context, NEW_TOKENS, 0.8, 0.95, seed=i)) for i in range(rows)
+                Pending(DecodeRow(context, new_tokens, 0.8, 0.95, seed=i)) for i in range(rows)
             ]
             decode_batch(loaded, batch)
         else:
@@ -131,31 +143,34 @@ def in_process_ceiling(kind: str, concurrency: int, total: int) -> dict[str, flo
 
 def scaling(log_dir: Path) -> dict[str, Any]:
     per_level = (lambda c: max(4 * c, 64)) if FULL else (lambda c: max(2 * c, 16))
-    work: dict[str, tuple[TaskName, dict[str, Any]]] = {
-        "generate": (TaskName.GENERATE, {"prompt": PROMPT, "max_new_tokens": NEW_TOKENS}),
-        "classify": (TaskName.SENTIMENT, {"text": SENTENCE}),
+    long_job = {"prompt": PROMPT, "max_new_tokens": LONG_TOKENS}
+    work: dict[str, tuple[TaskName, dict[str, Any], list[int]]] = {
+        "generate": (TaskName.GENERATE, {"prompt": PROMPT, "max_new_tokens": NEW_TOKENS}, LEVELS),
+        f"generate_{LONG_TOKENS}_tokens": (TaskName.GENERATE, long_job, LONG_LEVELS),
+        "classify": (TaskName.SENTIMENT, {"text": SENTENCE}, LEVELS),
     }
     report: dict[str, Any] = {kind: {} for kind in work}
     for label, batch_max_size in (("batched", 32), ("unbatched", 1)):
         with worker_stack(log_dir, batch_max_size) as (_, celery):
-            for kind, (task, kwargs) in work.items():
-                for level in LEVELS:
+            for kind, (task, kwargs, levels) in work.items():
+                for level in levels:
                     figures = through_queue(celery, task, kwargs, level, per_level(level))
                     report[kind].setdefault(str(level), {})[label] = figures
                     print(kind, level, label, figures, flush=True)
-    for kind in work:
-        for level in LEVELS:
+    for kind, (_, kwargs, levels) in work.items():
+        tokens = kwargs.get("max_new_tokens", 0)
+        for level in levels:
             row = report[kind][str(level)]
-            row["ceiling_in_process"] = in_process_ceiling(kind, level, per_level(level))
+            row["ceiling_in_process"] = in_process_ceiling(kind, level, per_level(level), tokens)
             row["batched_over_unbatched"] = (
                 row["batched"]["jobs_per_s"] / row["unbatched"]["jobs_per_s"]
             )
             row["queue_over_ceiling"] = (
                 row["batched"]["jobs_per_s"] / row["ceiling_in_process"]["jobs_per_s"]
             )
-            if kind == "generate":
+            if tokens:
                 for figures in (row["batched"], row["unbatched"], row["ceiling_in_process"]):
-                    figures["tokens_per_s"] = figures["jobs_per_s"] * NEW_TOKENS
+                    figures["tokens_per_s"] = figures["jobs_per_s"] * tokens
             print(kind, level, row, flush=True)
     return report
 
@@ -245,11 +260,98 @@ def chart(report: dict[str, Any], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def gpt2_124m_shaped() -> Path:
+    """GPT-2 124M's shape (12 layers, 768 wide, 12 heads, 50257 tokens) with random
+    weights and the tiny tokenizer, saved once as a model folder: for speed only."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from worker.config import WorkerSettings
+    from worker.tiny import ensure_tiny_models
+
+    cache = WorkerSettings().model_cache_dir
+    path = cache / "gpt2-124m-shaped"
+    if not (path / "config.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_models(cache) / "generator")
+        torch.manual_seed(0)
+        config = GPT2Config(
+            vocab_size=50257,
+            n_positions=1024,
+            n_embd=768,
+            n_layer=12,
+            n_head=12,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        GPT2LMHeadModel(config).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return path
+
+
+def memory_bound() -> dict[str, Any]:
+    """The generator's weight bytes and its device's memory bandwidth (a timed copy)."""
+    import torch
+
+    from worker.models import ModelRole, get_registry
+
+    loaded = get_registry().get(ModelRole.GENERATOR)
+    weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    source = torch.empty(256 * 2**20, dtype=torch.uint8, device=loaded.device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    rounds = 20
+    if loaded.device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(rounds):
+        target.copy_(source)
+    if loaded.device.type == "cuda":
+        torch.cuda.synchronize()
+    moved = 2 * source.numel() * rounds  # each copy reads and writes every byte
+    return {
+        "weights_bytes": float(weights),
+        "dtype": str(next(loaded.model.parameters()).dtype),
+        "device": str(loaded.device),
+        "bandwidth_bytes_per_s": moved / (time.perf_counter() - started),
+    }
+
+
+def add_bound(report: dict[str, Any], bound: dict[str, Any]) -> None:
+    """Beside each generation figure: the bandwidth bound at that many rows, and the
+    batched figure's share of it."""
+    per_step = bound["bandwidth_bytes_per_s"] / bound["weights_bytes"]  # decode steps/s
+    for kind, rows in report["scaling"].items():
+        if not kind.startswith("generate"):
+            continue
+        for level, row in rows.items():
+            row["bandwidth_bound_tokens_per_s"] = int(level) * per_step
+            row["batched_over_bandwidth_bound"] = (
+                row["batched"]["tokens_per_s"] / row["bandwidth_bound_tokens_per_s"]
+            )
+
+
 def main() -> dict[str, Any]:
+    import torch
+
+    if GPT2_SHAPE or (FULL and torch.cuda.is_available()):
+        from worker.config import get_settings
+        from worker.models import get_registry
+
+        os.environ["LLM_TASKS_GENERATOR_MODEL"] = str(gpt2_124m_shaped())
+        get_settings.cache_clear()  # the in-process ceiling loads the same model
+        get_registry.cache_clear()
     with tempfile.TemporaryDirectory() as logs:
         log_dir = Path(logs)
-        report = {"machine": machine(), "mode": "full" if FULL else "quick"}
+        report: dict[str, Any] = {
+            "machine": machine(),
+            "mode": "full" if FULL else "quick",
+            "generator": os.environ.get("LLM_TASKS_GENERATOR_MODEL", "tiny"),
+        }
         report["scaling"] = scaling(log_dir)
+        bound = memory_bound()
+        report["memory_bound"] = bound
+        add_bound(report, bound)
         report |= overhead_and_submit_rate(log_dir)
     save("throughput", report)
     chart(report, RESULTS / "throughput.png")

@@ -1,16 +1,19 @@
 """Micro-batching: concurrent requests for one model share forward passes.
 
 Each model gets one inference thread per worker process. Task threads hand it requests
-and wait; it gathers what arrives within ``LLM_TASKS_BATCH_WAIT_MS`` (or until
-``LLM_TASKS_BATCH_MAX_SIZE``) and runs them together, the way Ray Serve's
-``@serve.batch`` does. ``BATCH_MAX_SIZE=1`` turns batching off: one request per pass.
+and wait; it takes what is waiting (after ``LLM_TASKS_BATCH_WAIT_MS``, 0 by default, as
+Ray Serve's ``@serve.batch``; at most ``LLM_TASKS_BATCH_MAX_SIZE``) and runs it together;
+what arrives meanwhile forms the next batch. ``BATCH_MAX_SIZE=1`` turns batching off:
+one request per pass.
 
 Generation runs its own decode loop so that rows stay independent: each row has its own
 temperature, top-p and seed (a generator per row), its own ``max_new_tokens`` and end of
 text (a finished row hands its result back at once and leaves the batch), its own
-streaming callback and its own cancellation. Classification and summarization batch
-too, grouped by length so that padding does not eat the gain. CUDA out of memory splits
-the batch in halves and runs them one after the other.
+streaming callback and its own cancellation. It is continuous batching, as in TGI:
+requests that arrive while the loop runs join it at a step boundary instead of waiting
+for the longest row to end. Classification and summarization batch too, grouped by
+length so that padding does not eat the gain. CUDA out of memory splits the batch in
+halves and runs them one after the other.
 """
 
 import logging

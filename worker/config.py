@@ -19,7 +19,11 @@ class WorkerSettings(CommonSettings):
         default=32, ge=1, description="Most requests in one forward pass; 1 turns batching off."
     )
     batch_wait_ms: float = Field(
-        default=5.0, ge=0, description="How long a batch waits for company before it runs."
+        default=0.0,
+        ge=0,
+        description="How long a batch waits for company before it runs; 0 runs at once with "
+        "whatever is waiting (requests that arrive meanwhile join a running generation, or "
+        "form the next batch).",
     )
     worker_concurrency: int = Field(
         default=64,

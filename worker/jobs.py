@@ -8,7 +8,9 @@ retried with exponential backoff and jitter, bad input fails at once.
 
 import logging
 import random
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -131,11 +133,62 @@ class CancelToken:
         return self._set
 
 
+class ProgressPublisher:
+    """Writes progress updates to the result backend from a thread of its own, so that
+    the inference thread (which reports for every row of a batch) never waits on Redis.
+
+    Per task only the latest update waits to be written (an older one is replaced), and
+    a task's updates are written in order. :meth:`settle` is called before the task's
+    final state is stored: it drops what is still waiting and waits out a write in
+    flight, so that no progress lands after the end.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Callable[[], None]] = {}
+        self._writing: str | None = None
+        self._changed = threading.Condition()
+        threading.Thread(target=self._write_forever, name="progress", daemon=True).start()
+
+    def publish(self, task_id: str, write: Callable[[], None]) -> None:
+        with self._changed:
+            self._pending[task_id] = write
+            self._changed.notify_all()
+
+    def settle(self, task_id: str) -> None:
+        with self._changed:
+            self._pending.pop(task_id, None)
+            while self._writing == task_id:
+                self._changed.wait()
+
+    def _write_forever(self) -> None:
+        while True:
+            with self._changed:
+                while not self._pending:
+                    self._changed.wait()
+                task_id = next(iter(self._pending))
+                write = self._pending.pop(task_id)
+                self._writing = task_id
+            try:
+                write()
+            except Exception:
+                logger.exception("task %s: a progress update was not written", task_id)
+            finally:
+                with self._changed:
+                    self._writing = None
+                    self._changed.notify_all()
+
+
+@lru_cache
+def progress_publisher() -> ProgressPublisher:
+    return ProgressPublisher()
+
+
 class ProgressReporter:
     """Publishes a step's progress, with its text so far, for live events.
 
     At most once per ``progress_interval`` unless forced, since each update is a Redis
-    write. Bound to the step's task id, so that the batcher's thread may call it too.
+    write (made by :class:`ProgressPublisher`). Bound to the step's task id, so that the
+    batcher's thread may call it too.
     """
 
     def __init__(self, task: Task, task_id: str) -> None:
@@ -162,7 +215,10 @@ class ProgressReporter:
         meta: dict[str, Any] = {"current": current, "total": total, "message": message}
         if text is not None:
             meta["text"] = text
-        self._task.backend.store_result(self._task_id, meta, "PROGRESS")
+        backend, task_id = self._task.backend, self._task_id
+        progress_publisher().publish(
+            task_id, lambda: backend.store_result(task_id, meta, "PROGRESS")
+        )
 
 
 class JobTask(Task):  # type: ignore[misc]
@@ -179,7 +235,11 @@ class JobTask(Task):  # type: ignore[misc]
         if canceled or self.request.cancel_token():
             self._stop_canceled("canceled before it started")
         try:
-            return super().__call__(*args, **kwargs)
+            try:
+                return super().__call__(*args, **kwargs)
+            finally:
+                # Before the final state is stored: no progress may land after it.
+                progress_publisher().settle(self.request.id)
         except Canceled as canceled:
             self._stop_canceled(str(canceled))
         except InvalidInput:
