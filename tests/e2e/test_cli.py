@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llm_tasks import Client, Unauthorized
+from tests.conftest import another_api
 from tools.stack import ROOT, clean_env, free_port
 
 pytestmark = pytest.mark.e2e
@@ -160,3 +162,23 @@ def test_the_readme_command_line_examples_run(api_url: str):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "--- dialogue ---" in done.stdout
     assert "canceled" in done.stdout
+
+
+def test_the_api_key_comes_from_a_flag_or_the_environment(
+    stack_env: dict[str, str], log_dir: Path, worker
+):
+    with another_api(stack_env | {"LLM_TASKS_API_KEYS": "cli-key"}, log_dir) as url:
+        refused = cli(url, "list")
+        assert refused.returncode == 2 and "401" in refused.stderr
+        by_flag = cli(url, "--api-key", "cli-key", "submit", "sentiment", "Fine", "-q")
+        assert by_flag.returncode == 0, by_flag.stderr
+        env = clean_env(url=url, api_key="cli-key") | {"PATH": f"{BIN}:{os.environ['PATH']}"}
+        listed = subprocess.run(
+            ["llm-tasks", "--json", "list"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert by_flag.stdout.strip() in [job["id"] for job in json.loads(listed.stdout)["items"]]
+        with Client(url, api_key="cli-key") as client:
+            assert client.get(by_flag.stdout.strip()).kind.value == "sentiment"
+        with Client(url, api_key="wrong") as client, pytest.raises(Unauthorized):
+            client.list()
