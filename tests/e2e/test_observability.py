@@ -41,16 +41,26 @@ def test_metrics_count_jobs_by_kind_and_status(client: httpx.Client):
     for job in (ok, bad, text):
         wait_for_job(client, job["id"])
 
-    def counted() -> bool:
-        now = scrape(client)
-        ended = value(now, "llm_tasks_jobs_finished_total", kind="generate", status="failed")
-        return ended > value(
-            before, "llm_tasks_jobs_finished_total", kind="generate", status="failed"
-        ) and value(
-            now, "llm_tasks_jobs_finished_total", kind="sentiment", status="succeeded"
-        ) > value(before, "llm_tasks_jobs_finished_total", kind="sentiment", status="succeeded")
+    ends = [("generate", "failed"), ("sentiment", "succeeded"), ("generate", "succeeded")]
 
-    wait_until(counted, 10)  # workers flush their counts once a second
+    def counted() -> bool:
+        """All three ends, the tokens and the batches have reached the hash (workers
+        flush what they counted once a second)."""
+        now = scrape(client)
+        finished = "llm_tasks_jobs_finished_total"
+        return all(
+            value(now, finished, kind=kind, status=status)
+            > value(before, finished, kind=kind, status=status)
+            for kind, status in ends
+        ) and all(
+            value(now, name, model=model) > value(before, name, model=model)
+            for name, model in (
+                ("llm_tasks_generated_tokens_total", "generator"),
+                ("llm_tasks_batch_size_count", "classifier"),
+            )
+        )
+
+    wait_until(counted, 10)
     after = scrape(client)
 
     def grew(name: str, by: float = 1, **labels: str) -> float:
