@@ -29,7 +29,7 @@ import torch
 
 from contracts.metrics import BATCH_SIZE, BUSY_SECONDS, TOKENS
 from worker.config import get_settings
-from worker.kv_cache import GrowingCache, can_merge, merged, trim_left
+from worker.kv_cache import GrowingCache, can_merge, fits_growing_cache, merged, trim_left
 from worker.metrics import tally
 from worker.models import LoadedModel, ModelRole
 
@@ -373,13 +373,14 @@ def decode_batch(
             input_ids=input_ids.to(device),
             attention_mask=group.mask,
             position_ids=positions,
-            past_key_values=GrowingCache(),
+            past_key_values=GrowingCache() if growing else None,
             use_cache=True,
         )
         group.cache = output.past_key_values
         advance(group, output.logits[:, -1, :])
         return group
 
+    growing = fits_growing_cache(loaded.model.config)
     with loaded.lock, torch.inference_mode():
         rows.merge(prefill(0))
         joining = arrivals is not None and capacity > 1 and can_merge(rows.cache)

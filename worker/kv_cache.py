@@ -97,6 +97,15 @@ def trim_left(cache: GrowingCache, count: int) -> None:
         layer.trim_left(count)
 
 
+def fits_growing_cache(config: Any) -> bool:
+    """Full attention in every layer: sliding windows and hybrid models keep the cache
+    their own code builds (and so run static batches)."""
+    layer_types = getattr(config, "layer_types", None) or []
+    return not getattr(config, "sliding_window", None) and all(
+        kind == "full_attention" for kind in layer_types
+    )
+
+
 def can_merge(cache: object) -> bool:
     """Only plain key/value layers can take rows in (not sliding windows, not states)."""
     return isinstance(cache, GrowingCache) and all(

@@ -196,3 +196,34 @@ def test_texts_are_grouped_by_length():
     items = [Pending(text) for text in ["a" * 3, "a" * 100, "a" * 4, "a" * 180, "a" * 5]]
     groups = [[len(p.item) for p in group] for group in _by_length(items, len)]
     assert groups == [[3, 4, 5], [100, 180]]
+
+
+def test_a_sliding_window_model_batches_too(generator: LoadedModel):
+    """Another architecture, with a sliding attention window (a tiny Mistral, random
+    weights): its rows share passes and each gives the tokens it gives alone."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=8,
+        max_position_embeddings=256,
+    )  # fmt: skip
+    windowed = LoadedModel(
+        role=ModelRole.GENERATOR,
+        name="mistral-sliding-test",
+        model=MistralForCausalLM(config).eval(),
+        tokenizer=generator.tokenizer,
+        device=torch.device("cpu"),
+        load_seconds=0.0,
+    )
+    rows = [
+        DecodeRow(context(generator, f"Row number {i} says"), 12, 0.8, 0.95, seed=i)
+        for i in range(3)
+    ]
+    engine = MicroBatcher(windowed, decode_batch, max_size=8, wait_ms=200)
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(engine.submit, rows))
+    assert batch_sizes(engine, 1) == [3]
+    alone = MicroBatcher(windowed, decode_batch, max_size=1, wait_ms=0)
+    assert [alone.submit(row).tokens for row in rows] == [result.tokens for result in together]
