@@ -201,9 +201,12 @@ class _Resume:
             raise WaitTimeout(f"job {self.job_id} did not finish in time")
 
 
-class Client:
-    """A blocking client. ``base_url`` and ``api_key`` default to the environment
-    variables ``LLM_TASKS_URL`` and ``LLM_TASKS_API_KEY``."""
+class _Options:
+    """What both clients are configured with. ``base_url`` and ``api_key`` default to the
+    environment variables ``LLM_TASKS_URL`` and ``LLM_TASKS_API_KEY``; 429 and 503 are
+    retried ``max_retries`` times (waiting the server's Retry-After, at most
+    ``max_retry_wait`` s); a stream gives up after ``max_reconnects`` failed reconnects
+    in a row."""
 
     def __init__(
         self,
@@ -215,13 +218,30 @@ class Client:
         max_retry_wait: float = 30.0,
         max_reconnects: int = 5,
     ) -> None:
-        url, headers = _settings(base_url, api_key)
-        self.base_url = url
+        self.base_url, self._headers = _settings(base_url, api_key)
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
         self.max_reconnects = max_reconnects
-        self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        self._http = self._open()
+
+    def _open(self) -> httpx.Client | httpx.AsyncClient:
+        raise NotImplementedError
+
+    def _retry_in(self, response: httpx.Response, attempt: int) -> float | None:
+        """Seconds to wait before trying ``response``'s request again, or None to stop."""
+        if response.status_code in RETRIED_STATUSES and attempt < self.max_retries:
+            return _retry_delay(response, attempt, self.max_retry_wait)
+        return None
+
+
+class Client(_Options):
+    """A blocking client (see :class:`_Options` for its settings)."""
+
+    _http: httpx.Client
+
+    def _open(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers=self._headers, timeout=self.timeout)
 
     def __enter__(self) -> "Client":
         return self
@@ -235,8 +255,8 @@ class Client:
     def _request(self, method: str, path: str, **options: Any) -> httpx.Response:
         for attempt in range(self.max_retries + 1):
             response = self._http.request(method, path, **options)
-            if response.status_code in RETRIED_STATUSES and attempt < self.max_retries:
-                time.sleep(_retry_delay(response, attempt, self.max_retry_wait))
+            if (wait := self._retry_in(response, attempt)) is not None:
+                time.sleep(wait)
                 continue
             if response.is_error:
                 raise error_for(response)
@@ -317,27 +337,16 @@ class Client:
                 time.sleep(resume.failed(error))
 
 
-class AsyncClient:
+class AsyncClient(_Options):
     """The asyncio client: the same methods as :class:`Client`, awaited (``events`` and
     ``stream_text`` are async iterators)."""
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        timeout: float = 30.0,
-        max_retries: int = 3,
-        max_retry_wait: float = 30.0,
-        max_reconnects: int = 5,
-    ) -> None:
-        url, headers = _settings(base_url, api_key)
-        self.base_url = url
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.max_retry_wait = max_retry_wait
-        self.max_reconnects = max_reconnects
-        self._http = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout)
+    _http: httpx.AsyncClient
+
+    def _open(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.base_url, headers=self._headers, timeout=self.timeout
+        )
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -351,8 +360,8 @@ class AsyncClient:
     async def _request(self, method: str, path: str, **options: Any) -> httpx.Response:
         for attempt in range(self.max_retries + 1):
             response = await self._http.request(method, path, **options)
-            if response.status_code in RETRIED_STATUSES and attempt < self.max_retries:
-                await asyncio.sleep(_retry_delay(response, attempt, self.max_retry_wait))
+            if (wait := self._retry_in(response, attempt)) is not None:
+                await asyncio.sleep(wait)
                 continue
             if response.is_error:
                 raise error_for(response)
