@@ -119,6 +119,8 @@ def in_process_ceiling(
     kind: str, concurrency: int, total: int, new_tokens: int = NEW_TOKENS
 ) -> dict[str, float]:
     """The same work through the batched runners directly: no broker, no worker."""
+    import torch
+
     from worker.batching import DecodeRow, Pending, classify_batch, decode_batch
     from worker.models import ModelRole, get_registry
 
@@ -136,7 +138,9 @@ def in_process_ceiling(
             decode_batch(loaded, batch)
         else:
             batch = [Pending(SENTENCE) for _ in range(rows)]
-            classify_batch(registry.get(ModelRole.CLASSIFIER), batch)
+            with torch.inference_mode():
+                for _ in classify_batch(registry.get(ModelRole.CLASSIFIER), batch):
+                    pass
         done += rows
     return {"jobs_per_s": total / (time.perf_counter() - started)}
 
@@ -343,10 +347,18 @@ def main() -> dict[str, Any]:
         get_registry.cache_clear()
     with tempfile.TemporaryDirectory() as logs:
         log_dir = Path(logs)
+        from worker.batching import intra_op_threads
+        from worker.config import get_settings as worker_settings
+
         report: dict[str, Any] = {
             "machine": machine(),
             "mode": "full" if FULL else "quick",
             "generator": os.environ.get("LLM_TASKS_GENERATOR_MODEL", "tiny"),
+            # The workers run with the defaults (the stack drops LLM_TASKS_ settings).
+            "worker": {
+                "inference_process": worker_settings().inference_process,
+                "intra_op_threads": intra_op_threads(),
+            },
         }
         report["scaling"] = scaling(log_dir)
         bound = memory_bound()

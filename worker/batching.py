@@ -1,10 +1,18 @@
 """Micro-batching: concurrent requests for one model share forward passes.
 
-Each model gets one inference thread per worker process. Task threads hand it requests
-and wait; it takes what is waiting (after ``LLM_TASKS_BATCH_WAIT_MS``, 0 by default, as
-Ray Serve's ``@serve.batch``; at most ``LLM_TASKS_BATCH_MAX_SIZE``) and runs it together;
-what arrives meanwhile forms the next batch. ``BATCH_MAX_SIZE=1`` turns batching off:
-one request per pass.
+Each model has a :class:`MicroBatcher`: task threads hand it requests and wait. Every
+batcher on one device is served by that device's one inference thread
+(:class:`DeviceLoop`). A batcher's run starts once a request has waited
+``LLM_TASKS_BATCH_WAIT_MS`` (0 by default, as Ray Serve's ``@serve.batch``: at once,
+with whatever waits) or ``LLM_TASKS_BATCH_MAX_SIZE`` requests wait; what arrives
+meanwhile forms the next run. ``BATCH_MAX_SIZE=1`` turns batching off: one request per
+pass.
+
+A runner is a generator that yields after each forward pass, so that the thread takes
+turns between the runs of the device's models: a classification is not held up by a
+long generation, and every pass on a device comes from one thread. That matters on a
+CPU too: each thread that runs torch gets its own OpenMP team, and two teams on the same
+cores make every pass slower (measured: ~30% at 32 rows), even while one of them idles.
 
 Generation runs its own decode loop so that rows stay independent: each row has its own
 temperature, top-p and seed (a generator per row), its own ``max_new_tokens`` and end of
@@ -17,9 +25,11 @@ halves and runs them one after the other.
 """
 
 import logging
-import queue
+import os
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -43,6 +53,7 @@ Result = TypeVar("Result")
 class Pending(Generic[Item, Result]):
     item: Item
     future: "Future[Result]" = field(default_factory=Future)
+    arrived: float = field(default_factory=time.monotonic)
 
 
 class Arrivals(Protocol):
@@ -53,12 +64,82 @@ class Arrivals(Protocol):
     def take(self, limit: int) -> list[Pending[Any, Any]]: ...
 
 
-#: Runs a batch; may take arrivals in while it runs, up to ``capacity`` rows at once.
-Runner = Callable[[LoadedModel, list[Pending[Any, Any]], Arrivals, int], None]
+#: Runs a batch, yielding after each forward pass (a plain function is one pass); may
+#: take arrivals in while it runs, up to ``capacity`` rows at once.
+Runner = Callable[[LoadedModel, list[Pending[Any, Any]], Arrivals, int], Iterator[None] | None]
+
+
+class DeviceLoop:
+    """The one inference thread of a device: it starts the runs of the device's batchers
+    and steps through them in turn, one forward pass each, in inference mode."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self._batchers: weakref.WeakSet[MicroBatcher] = weakref.WeakSet()
+
+    def add(self, batcher: "MicroBatcher") -> None:
+        with self.changed:
+            self._batchers.add(batcher)
+
+    def serve(self, between_rounds: Callable[[], None] | None = None) -> None:
+        """Run forever in the calling thread; ``between_rounds`` is called after each round
+        of passes."""
+        if threads := intra_op_threads():
+            torch.set_num_threads(threads)  # OpenMP's setting is per thread: set it here
+        running: dict[MicroBatcher, Iterator[None]] = {}
+        with torch.inference_mode():
+            while True:
+                with self.changed:
+                    while True:
+                        now = time.monotonic()
+                        idle = [b for b in self._batchers if b not in running]
+                        starting = [b for b in idle if b.ready(now)]
+                        if starting or running:
+                            break
+                        dues = [due for b in idle if (due := b.due(now)) is not None]
+                        self.changed.wait(min(dues, default=None))
+                    for batcher in starting:
+                        running[batcher] = batcher.start()
+                for batcher, passes in list(running.items()):
+                    if not batcher.step(passes):
+                        del running[batcher]
+                if between_rounds is not None:
+                    between_rounds()
+
+
+def intra_op_threads() -> int:
+    """``LLM_TASKS_INTRA_OP_THREADS``; unset, on a CPU every core but one: the worker's
+    Celery side (and often Redis) needs one, and an OpenMP team that shares its cores
+    with busy threads waits at every barrier (measured on 2 cores: 32 generations through
+    the queue ran 1.8x faster with one torch thread than with two). 0: torch's choice."""
+    settings = get_settings()
+    if settings.intra_op_threads is not None:
+        return settings.intra_op_threads
+    on_gpu = settings.device.startswith("cuda") or (
+        settings.device == "auto" and torch.cuda.is_available()
+    )
+    return 0 if on_gpu else max(1, (os.cpu_count() or 1) - 1)
+
+
+_loops: dict[str, DeviceLoop] = {}
+_loops_lock = threading.Lock()
+
+
+def device_loop(device: torch.device, *, served_here: bool = False) -> DeviceLoop:
+    """The device's loop. The first call creates it and starts its thread, unless
+    ``served_here``: then the caller runs :meth:`DeviceLoop.serve` itself."""
+    with _loops_lock:
+        loop = _loops.get(str(device))
+        if loop is None:
+            loop = _loops[str(device)] = DeviceLoop()
+            if not served_here:
+                name = f"inference-{device}"
+                threading.Thread(target=loop.serve, name=name, daemon=True).start()
+        return loop
 
 
 class MicroBatcher:
-    """One inference thread for one model: gathers requests and runs them in batches."""
+    """Gathers one model's requests into batches, run by its device's inference thread."""
 
     def __init__(
         self, loaded: LoadedModel, runner: Runner, *, max_size: int, wait_ms: float
@@ -67,10 +148,12 @@ class MicroBatcher:
         self._runner = runner
         self._max_size = max_size
         self._wait = wait_ms / 1000
-        self._queue: queue.Queue[Pending[Any, Any]] = queue.Queue()
+        self._loop = device_loop(loaded.device)
+        self._waiting: deque[Pending[Any, Any]] = deque()
+        self._labels = {"model": str(loaded.role)}
         self.batch_sizes: list[int] = []
-        name = f"batcher-{loaded.role}-{runner.__name__}"
-        threading.Thread(target=self._serve, name=name, daemon=True).start()
+        self._batch: list[Pending[Any, Any]] = []
+        self._loop.add(self)
 
     def submit(self, item: Any) -> Any:
         """Run ``item`` in the next batch; blocks the calling (task) thread until it is done."""
@@ -78,49 +161,57 @@ class MicroBatcher:
         return result
 
     def submit_many(self, items: list[Any]) -> list[Any]:
-        pendings: list[Pending[Any, Any]] = [Pending(item) for item in items]
-        for pending in pendings:
-            self._queue.put(pending)
-        return [pending.future.result() for pending in pendings]
+        return [pending.future.result() for pending in self.enqueue(items)]
 
-    def _serve(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            deadline = time.monotonic() + self._wait
-            while len(batch) < self._max_size:
-                remaining = deadline - time.monotonic()
-                try:
-                    batch.append(
-                        self._queue.get(timeout=remaining)
-                        if remaining > 0
-                        else self._queue.get_nowait()
-                    )
-                except queue.Empty:
-                    break
-            started = time.perf_counter()
-            self._run(batch)
+    def enqueue(self, items: list[Any]) -> list[Pending[Any, Any]]:
+        """Queue ``items`` without waiting: each one's future tells when it is done."""
+        pendings: list[Pending[Any, Any]] = [Pending(item) for item in items]
+        with self._loop.changed:
+            self._waiting.extend(pendings)
+            self._loop.changed.notify()
+        return pendings
+
+    # The inference thread's side; ``ready``, ``due`` and ``start`` hold the loop's lock.
+
+    def ready(self, now: float) -> bool:
+        """A run may start: enough requests wait, or the oldest has waited long enough."""
+        return bool(self._waiting) and (
+            len(self._waiting) >= self._max_size or now - self._waiting[0].arrived >= self._wait
+        )
+
+    def due(self, now: float) -> float | None:
+        """Seconds until the oldest waiting request has waited long enough."""
+        return self._waiting[0].arrived + self._wait - now if self._waiting else None
+
+    def start(self) -> Iterator[None]:
+        count = min(self._max_size, len(self._waiting))
+        self._batch = [self._waiting.popleft() for _ in range(count)]
+        return self._passes(self._batch)
+
+    def step(self, passes: Iterator[None]) -> bool:
+        """One forward pass of the running batch; False once the run has ended."""
+        started = time.perf_counter()
+        going = next(passes, StopIteration) is not StopIteration
+        tally.inc(BUSY_SECONDS, self._labels, time.perf_counter() - started)
+        if not going:
             # After the run: a decode loop takes in the rows that arrive while it runs.
-            self.batch_sizes.append(len(batch))
-            labels = {"model": str(self._loaded.role)}
-            tally.observe(BATCH_SIZE, labels, len(batch))
-            tally.inc(BUSY_SECONDS, labels, time.perf_counter() - started)
+            self.batch_sizes.append(len(self._batch))
+            tally.observe(BATCH_SIZE, self._labels, len(self._batch))
+        return going
 
     def waiting(self) -> int:
-        return self._queue.qsize()
+        return len(self._waiting)
 
     def take(self, limit: int) -> list[Pending[Any, Any]]:
         """Up to ``limit`` requests that are waiting now, without blocking."""
-        arrived: list[Pending[Any, Any]] = []
-        while len(arrived) < limit:
-            try:
-                arrived.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return arrived
+        with self._loop.changed:
+            return [self._waiting.popleft() for _ in range(min(limit, len(self._waiting)))]
 
-    def _run(self, batch: list[Pending[Any, Any]]) -> None:
+    def _passes(self, batch: list[Pending[Any, Any]]) -> Iterator[None]:
         try:
-            self._runner(self._loaded, batch, self, self._max_size)
+            passes = self._runner(self._loaded, batch, self, self._max_size)
+            if passes is not None:
+                yield from passes
         except torch.cuda.OutOfMemoryError as error:
             unfinished = [p for p in batch if not p.future.done()]
             if torch.cuda.is_available():
@@ -130,8 +221,8 @@ class MicroBatcher:
                     "CUDA out of memory with %d rows: splitting the batch", len(unfinished)
                 )
                 half = len(unfinished) // 2
-                self._run(unfinished[:half])
-                self._run(unfinished[half:])
+                yield from self._passes(unfinished[:half])
+                yield from self._passes(unfinished[half:])
                 return
             _fail(unfinished, error)  # one row alone: the task retries it
         except Exception as error:
@@ -307,8 +398,21 @@ def decode_batch(
     arrivals: Arrivals | None = None,
     capacity: int | None = None,
 ) -> None:
-    """The batched decode loop: left-padded prompts, one forward pass per step for all
-    active rows, finished rows dropped from the batch (and its KV cache) as they end.
+    """:func:`decode_steps` in one go, from any thread."""
+    with loaded.lock, torch.inference_mode():
+        for _ in decode_steps(loaded, batch, arrivals, capacity):
+            pass
+
+
+def decode_steps(
+    loaded: LoadedModel,
+    batch: list[Pending[DecodeRow, Decoded]],
+    arrivals: Arrivals | None = None,
+    capacity: int | None = None,
+) -> Iterator[None]:
+    """The batched decode loop, yielding after each pass (in inference mode): left-padded
+    prompts, one forward pass per step for all active rows, finished rows dropped from
+    the batch (and its KV cache) as they end.
 
     With ``arrivals``, it is continuous batching: at a step boundary, requests that arrived
     meanwhile join (up to ``capacity`` rows), after a prefill pass of their own; they are
@@ -381,33 +485,34 @@ def decode_batch(
         return group
 
     growing = fits_growing_cache(loaded.model.config)
-    with loaded.lock, torch.inference_mode():
-        rows.merge(prefill(0))
-        joining = arrivals is not None and capacity > 1 and can_merge(rows.cache)
-        waited = 0
-        while rows:
-            output = loaded.model(
-                input_ids=rows.next_tokens[:, None],
-                attention_mask=rows.mask,
-                position_ids=rows.positions,
-                past_key_values=rows.cache,
-                use_cache=True,
-            )
-            rows.cache = output.past_key_values
-            advance(rows, output.logits[:, -1, :])
-            if not joining or arrivals is None or len(rows) >= capacity:
-                continue
-            waiting = arrivals.waiting()
-            waited = waited + 1 if waiting else 0
-            if waiting and (4 * waiting >= len(rows) or waited >= JOIN_AFTER_STEPS):
-                arrived = arrivals.take(capacity - len(rows))
-                waited = 0
-                if arrived:
-                    start = len(batch)
-                    batch.extend(arrived)
-                    generated.extend([] for _ in arrived)
-                    if joined := prefill(start):
-                        rows.merge(joined)
+    rows.merge(prefill(0))
+    joining = arrivals is not None and capacity > 1 and can_merge(rows.cache)
+    waited = 0
+    while rows:
+        yield
+        output = loaded.model(
+            input_ids=rows.next_tokens[:, None],
+            attention_mask=rows.mask,
+            position_ids=rows.positions,
+            past_key_values=rows.cache,
+            use_cache=True,
+        )
+        rows.cache = output.past_key_values
+        advance(rows, output.logits[:, -1, :])
+        if not joining or arrivals is None or len(rows) >= capacity:
+            continue
+        waiting = arrivals.waiting()
+        waited = waited + 1 if waiting else 0
+        if waiting and (4 * waiting >= len(rows) or waited >= JOIN_AFTER_STEPS):
+            arrived = arrivals.take(capacity - len(rows))
+            waited = 0
+            if arrived:
+                start = len(batch)
+                batch.extend(arrived)
+                generated.extend([] for _ in arrived)
+                yield
+                if joined := prefill(start):
+                    rows.merge(joined)
 
 
 def _safely(callback: Callable[[list[int]], None], tokens: list[int]) -> None:
@@ -492,7 +597,11 @@ def summarize_texts(
     return [str(text).strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
 
 
-def classify_batch(loaded: LoadedModel, batch: list[Pending[str, Sentiment]], *_: Any) -> None:
+def classify_batch(
+    loaded: LoadedModel, batch: list[Pending[str, Sentiment]], *_: Any
+) -> Iterator[None]:
+    """A pass per group of similar lengths."""
+
     def tokens(text: str) -> int:
         return len(loaded.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
@@ -500,11 +609,13 @@ def classify_batch(loaded: LoadedModel, batch: list[Pending[str, Sentiment]], *_
         results = classify_texts(loaded, [pending.item for pending in group])
         for pending, result in zip(group, results, strict=True):
             pending.future.set_result(result)
+        yield
 
 
 def summarize_batch(
     loaded: LoadedModel, batch: list[Pending[SummaryRequest, str]], *_: Any
-) -> None:
+) -> Iterator[None]:
+    """A ``generate`` per group of the same bounds and similar lengths."""
     by_bounds: dict[tuple[int, int], list[Pending[SummaryRequest, str]]] = {}
     for pending in batch:
         bounds = (pending.item.min_new_tokens, pending.item.max_new_tokens)
@@ -516,10 +627,11 @@ def summarize_batch(
             )
             for pending, summary in zip(group, summaries, strict=True):
                 pending.future.set_result(summary)
+            yield
 
 
 _RUNNERS: dict[ModelRole, Runner] = {
-    ModelRole.GENERATOR: decode_batch,
+    ModelRole.GENERATOR: decode_steps,
     ModelRole.CLASSIFIER: classify_batch,
     ModelRole.SUMMARIZER: summarize_batch,
 }

@@ -25,6 +25,18 @@ class WorkerSettings(CommonSettings):
         "whatever is waiting (requests that arrive meanwhile join a running generation, or "
         "form the next batch).",
     )
+    inference_process: bool = Field(
+        default=True,
+        description="Run the models in a process of their own, beside the worker's Celery "
+        "threads (whose Python work would otherwise hold up every step); off: in the "
+        "worker's process.",
+    )
+    intra_op_threads: int | None = Field(
+        default=None,
+        ge=0,
+        description="Threads torch uses inside one operation; unset: on a CPU every core "
+        "but one (left to Celery), on a GPU torch's default; 0: torch's default.",
+    )
     worker_concurrency: int = Field(
         default=64,
         ge=1,

@@ -2,17 +2,55 @@
 
 Plain functions, no Celery: tests and benchmarks call them directly. Each request goes
 through its model's micro-batcher (:mod:`worker.batching`), which shares forward passes
-between concurrent requests.
+between concurrent requests: in the inference process (:mod:`worker.engine`) or, with
+``LLM_TASKS_INFERENCE_PROCESS=false``, in this one.
 """
 
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache, partial
 from typing import Any, Literal
 
 from contracts.schemas import GenerateOutput
 from worker.batching import DecodeRow, Sentiment, SummaryRequest, batcher_for
+from worker.config import get_settings
+from worker.engine import inference_process
 from worker.errors import Canceled
-from worker.models import LoadedModel
+from worker.models import LoadedModel, ModelRole, get_registry
+
+
+@dataclass(frozen=True)
+class Served:
+    """A model as the tasks see it: its tokenizer and window, and where its requests go."""
+
+    role: ModelRole
+    name: str
+    tokenizer: Any
+    context_window: int
+    submit_many: Callable[[list[Any]], list[Any]]
+
+    def submit(self, item: Any) -> Any:
+        [result] = self.submit_many([item])
+        return result
+
+    @classmethod
+    def here(cls, loaded: LoadedModel) -> "Served":
+        """A model loaded in this process, served by its micro-batcher."""
+        submit_many = batcher_for(loaded).submit_many
+        return cls(loaded.role, loaded.name, loaded.tokenizer, loaded.context_window, submit_many)
+
+
+@lru_cache
+def served(role: ModelRole) -> Served:
+    """The ``role`` model for this process's tasks."""
+    registry = get_registry()
+    if get_settings().inference_process:
+        card = registry.card(role)  # the tokenizer; the weights are in the other process
+        submit_many = partial(inference_process().submit_many, str(role))
+        return Served(role, card.name, card.tokenizer, card.context_window, submit_many)
+    return Served.here(registry.get(role))
+
 
 StopCheck = Callable[[], bool]
 #: Told the tokens generated so far, after each new one (it throttles itself).
@@ -31,7 +69,7 @@ def stable_text(tokenizer: Any, tokens: list[int]) -> str:
 
 
 def generate_text(
-    loaded: LoadedModel,
+    loaded: Served,
     *,
     prompt: str,
     max_new_tokens: int,
@@ -63,7 +101,7 @@ def generate_text(
         context = context[-(window - step) :] or [tokenizer.eos_token_id]
         if not generated:
             seen_prompt_tokens = len(context)
-        decoded = batcher_for(loaded).submit(
+        decoded = loaded.submit(
             DecodeRow(
                 context=context,
                 max_new_tokens=step,
@@ -99,15 +137,15 @@ def _after(earlier: list[int], on_tokens: OnTokens | None) -> OnTokens | None:
     return lambda tokens: on_tokens(done + tokens)
 
 
-def classify(loaded: LoadedModel, texts: list[str]) -> list[Sentiment]:
+def classify(loaded: Served, texts: list[str]) -> list[Sentiment]:
     """Label each text with the classifier's most likely class and its probability."""
-    results: list[Sentiment] = batcher_for(loaded).submit_many(texts)
+    results: list[Sentiment] = loaded.submit_many(texts)
     return results
 
 
-def summarize(loaded: LoadedModel, *, text: str, min_new_tokens: int, max_new_tokens: int) -> str:
+def summarize(loaded: Served, *, text: str, min_new_tokens: int, max_new_tokens: int) -> str:
     """Summarize with the seq2seq model's own ``generate``."""
-    summary: str = batcher_for(loaded).submit(
+    summary: str = loaded.submit(
         SummaryRequest(text=text, min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens)
     )
     return summary

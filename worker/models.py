@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
@@ -51,12 +52,25 @@ class LoadedModel:
     @property
     def context_window(self) -> int:
         """Positions the model can attend to (prompt and generated tokens together)."""
-        config = self.model.config
-        for attribute in ("n_positions", "max_position_embeddings"):
-            value = getattr(config, attribute, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return int(self.tokenizer.model_max_length)
+        return context_window(self.model.config, self.tokenizer)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the task threads need of a model when another process holds its weights."""
+
+    role: ModelRole
+    name: str
+    tokenizer: PreTrainedTokenizerBase
+    context_window: int
+
+
+def context_window(config: object, tokenizer: PreTrainedTokenizerBase) -> int:
+    for attribute in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return int(tokenizer.model_max_length)
 
 
 def resolve_device(setting: str) -> tuple[torch.device, torch.dtype]:
@@ -106,6 +120,15 @@ class ModelRegistry:
                 self._models[role] = loaded
             return loaded
 
+    def card(self, role: ModelRole) -> ModelCard:
+        """The model's tokenizer and window, without loading its weights."""
+        if (loaded := self._models.get(role)) is not None:
+            return ModelCard(role, loaded.name, loaded.tokenizer, loaded.context_window)
+        source = self.source(role)
+        tokenizer = _tokenizer(role, source)
+        config = AutoConfig.from_pretrained(source)
+        return ModelCard(role, self.model_name(role), tokenizer, context_window(config, tokenizer))
+
     def loaded(self) -> list[LoadedModel]:
         return list(self._models.values())
 
@@ -113,17 +136,22 @@ class ModelRegistry:
         started = time.perf_counter()
         source = self.source(role)
         device, dtype = resolve_device(self._settings.device)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = _tokenizer(role, source)
         model = _AUTO_CLASSES[role].from_pretrained(source, dtype=dtype)
         model.to(device)
         model.eval()
-        if role is ModelRole.GENERATOR:
-            if tokenizer.pad_token_id is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            tokenizer.padding_side = "left"
         seconds = time.perf_counter() - started
         logger.info("loaded %s model %s on %s (%s) in %.2fs", role, source, device, dtype, seconds)
         return LoadedModel(role, self.model_name(role), model, tokenizer, device, seconds)
+
+
+def _tokenizer(role: ModelRole, source: str | Path) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if role is ModelRole.GENERATOR:
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+    return tokenizer
 
 
 @lru_cache

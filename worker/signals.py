@@ -9,9 +9,11 @@ from celery.signals import after_setup_logger, after_setup_task_logger, task_rev
 
 from contracts.logs import formatter
 from worker.config import get_settings
+from worker.engine import inference_process
+from worker.inference import served
 from worker.jobs import end_job
 from worker.metrics import start_flushing
-from worker.models import ModelRole, get_registry
+from worker.models import ModelRole
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +42,18 @@ def flush_metrics(**_: Any) -> None:
 
 @worker_ready.connect
 def preload_models(**_: Any) -> None:
+    """Load the models now (in the inference process, unless it is turned off), not when
+    the first task needs them."""
     if not get_settings().preload_models:
         return
 
     def load_all() -> None:
-        registry = get_registry()
-        for role in ModelRole:
-            try:
-                registry.get(role)
-            except Exception:
-                logger.exception("could not preload the %s model", role)
+        try:
+            if get_settings().inference_process:
+                inference_process().start()
+            for role in ModelRole:
+                served(role)
+        except Exception:
+            logger.exception("could not preload the models")
 
     threading.Thread(target=load_all, name="preload-models", daemon=True).start()

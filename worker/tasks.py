@@ -34,7 +34,7 @@ from worker.celery_app import app
 from worker.config import get_settings
 from worker.errors import InvalidInput
 from worker.jobs import JobTask
-from worker.models import ModelRole, get_registry
+from worker.models import ModelRole
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -81,7 +81,7 @@ def _generate(
 ) -> GenerateOutput:
     """Generate, streaming the text into the task's progress and stopping if canceled."""
     total = options["max_new_tokens"]
-    loaded = get_registry().get(ModelRole.GENERATOR)
+    loaded = inference.served(ModelRole.GENERATOR)
     progress = task.progress  # called back from the batcher's thread: bind it here
 
     def report_tokens(count: int, text: str) -> None:
@@ -99,7 +99,7 @@ def _generate(
 
 
 def _sentiment(text: str) -> SentimentOutput:
-    loaded = get_registry().get(ModelRole.CLASSIFIER)
+    loaded = inference.served(ModelRole.CLASSIFIER)
     [result] = inference.classify(loaded, [text])
     return SentimentOutput(label=result.label, score=result.score, model=loaded.name)
 
@@ -176,7 +176,7 @@ def summarize_text(
         SummarizeInput,
         {"text": text, "min_new_tokens": min_new_tokens, "max_new_tokens": max_new_tokens},
     )
-    loaded = get_registry().get(ModelRole.SUMMARIZER)
+    loaded = inference.served(ModelRole.SUMMARIZER)
     summary = inference.summarize(loaded, **payload.model_dump())
     return SummarizeOutput(summary=summary, model=loaded.name).model_dump()
 
@@ -266,7 +266,7 @@ def reply_variant(
 @app.task(name=TaskName.REPLY_RANK, bind=True, base=JobTask)
 def rank_replies(self: JobTask, variants: list[dict[str, Any]]) -> dict[str, Any]:
     """Step 3 of a reply (chord body): rank the replies by how positive they read."""
-    loaded = get_registry().get(ModelRole.CLASSIFIER)
+    loaded = inference.served(ModelRole.CLASSIFIER)
     verdicts = inference.classify(loaded, [variant["text"] or "-" for variant in variants])
     candidates = [
         ReplyCandidate(

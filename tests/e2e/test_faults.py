@@ -120,3 +120,40 @@ def test_a_job_whose_worker_is_killed_is_delivered_again_and_succeeds(
     assert done["status"] == "succeeded"
     assert done["attempts"] == 2
     assert done["output"]["tokens"] == 40
+
+
+def inference_process_of(worker: Process) -> int:
+    """The worker's inference process (a child of one of its threads; multiprocessing's
+    resource tracker is another)."""
+    children = {
+        int(pid)
+        for threads in Path(f"/proc/{worker.popen.pid}/task").iterdir()
+        for pid in (threads / "children").read_text().split()
+    }
+    [inference] = [
+        pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    return inference
+
+
+def test_a_killed_inference_process_is_replaced_and_its_job_retried(
+    client: httpx.Client, worker: Process
+):
+    """The models' process dies mid-generation (say, the kernel's OOM killer): the step
+    fails as transient, a new inference process starts, and the retry succeeds."""
+    job = client.post(
+        "/v1/jobs",
+        json={"kind": "generate", "input": {"prompt": "SLOW: the mill", "max_new_tokens": 12}},
+    ).json()
+    # A few of its tokens are out: it is mid-generation.
+    wait_for(
+        client, job["id"], lambda j: ((j["steps"][0]["progress"] or {}).get("current", 0)) >= 2
+    )
+    killed = inference_process_of(worker)
+    os.kill(killed, signal.SIGKILL)
+    done = wait_for_job(client, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2
+    assert done["output"]["tokens"] == 12 or done["output"]["finish_reason"] == "stop"
+    assert inference_process_of(worker) != killed
+    assert worker.alive()

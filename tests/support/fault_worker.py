@@ -6,13 +6,15 @@ prompt (anywhere, so that workflow steps built from a topic carry them too):
 - ``FAULT: message`` — raise :class:`InjectedFault` (a permanent error) with that message;
 - ``TRANSIENT:n:`` — raise :class:`~worker.errors.TransientError` on the first n attempts;
 - ``OOM:n:`` — raise CUDA's out-of-memory error on the first n attempts;
-- ``SLOW:`` — take 0.1 s per token, so that a test can cancel a running generation.
+- ``SLOW:`` — take 0.1 s per token, so that a test can cancel a running generation (in
+  the inference process, through its initializer).
 
 Production workers never import this module.
 """
 
 import re
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,8 +22,9 @@ from celery import current_task
 
 from worker import inference
 from worker.celery_app import app
+from worker.config import get_settings
+from worker.engine import inference_process
 from worker.errors import TransientError
-from worker.models import LoadedModel
 
 SECONDS_PER_SLOW_TOKEN = 0.1
 _real_generate_text = inference.generate_text
@@ -31,7 +34,7 @@ class InjectedFault(RuntimeError):
     """Raised by the tests' worker on request."""
 
 
-def _generate_text(loaded: LoadedModel, *, prompt: str, **options: Any) -> Any:
+def _generate_text(loaded: inference.Served, *, prompt: str, **options: Any) -> Any:
     if (fault := re.search(r"FAULT:\s*(.*)", prompt)) is not None:
         raise InjectedFault(fault.group(1).strip() or "injected fault")
     attempt = current_task.request.retries if current_task else 0
@@ -39,7 +42,7 @@ def _generate_text(loaded: LoadedModel, *, prompt: str, **options: Any) -> Any:
         raise TransientError(f"injected transient fault, attempt {attempt + 1}")
     if (oom := re.search(r"OOM:(\d+):", prompt)) and attempt < int(oom[1]):
         raise torch.cuda.OutOfMemoryError(f"injected CUDA out of memory, attempt {attempt + 1}")
-    if "SLOW:" in prompt:
+    if "SLOW:" in prompt and not get_settings().inference_process:
         should_stop = options.pop("should_stop", None) or (lambda: False)
 
         def slow_stop() -> bool:
@@ -50,6 +53,30 @@ def _generate_text(loaded: LoadedModel, *, prompt: str, **options: Any) -> Any:
     return _real_generate_text(loaded, prompt=prompt, **options)
 
 
+def _slow_rows() -> None:
+    """In the inference process: a row whose text says ``SLOW:`` takes 0.1 s per token."""
+    from worker import engine
+    from worker.models import ModelRole, get_registry
+
+    real_row = engine.engine_row
+
+    def engine_row(row: Any, *args: Any) -> Any:
+        row = real_row(row, *args)
+        tokenizer = get_registry().get(ModelRole.GENERATOR).tokenizer
+        if "SLOW:" not in tokenizer.decode(row.context):
+            return row
+        should_stop = row.should_stop
+
+        def slow_stop() -> bool:
+            time.sleep(SECONDS_PER_SLOW_TOKEN)
+            return bool(should_stop())
+
+        return replace(row, should_stop=slow_stop)
+
+    engine.engine_row = engine_row
+
+
 inference.generate_text = _generate_text  # type: ignore[assignment]
+inference_process().initializer = _slow_rows
 
 __all__ = ["app"]

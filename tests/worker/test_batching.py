@@ -14,7 +14,8 @@ from worker.batching import (
     MicroBatcher,
     Pending,
     _by_length,
-    decode_batch,
+    classify_batch,
+    decode_steps,
 )
 from worker.config import WorkerSettings
 from worker.models import LoadedModel, ModelRegistry, ModelRole
@@ -27,12 +28,19 @@ def generator(tiny_models_dir: Path) -> LoadedModel:
     )
 
 
+@pytest.fixture(scope="module")
+def classifier(tiny_models_dir: Path) -> LoadedModel:
+    return ModelRegistry(WorkerSettings(model_cache_dir=tiny_models_dir.parent)).get(
+        ModelRole.CLASSIFIER
+    )
+
+
 def context(generator: LoadedModel, text: str) -> list[int]:
     return generator.tokenizer(text)["input_ids"]
 
 
 def batcher(generator: LoadedModel, max_size: int = 16, wait_ms: float = 200) -> MicroBatcher:
-    return MicroBatcher(generator, decode_batch, max_size=max_size, wait_ms=wait_ms)
+    return MicroBatcher(generator, decode_steps, max_size=max_size, wait_ms=wait_ms)
 
 
 def batch_sizes(engine: MicroBatcher, runs: int) -> list[int]:
@@ -221,9 +229,54 @@ def test_a_sliding_window_model_batches_too(generator: LoadedModel):
         DecodeRow(context(generator, f"Row number {i} says"), 12, 0.8, 0.95, seed=i)
         for i in range(3)
     ]
-    engine = MicroBatcher(windowed, decode_batch, max_size=8, wait_ms=200)
+    engine = MicroBatcher(windowed, decode_steps, max_size=8, wait_ms=200)
     with ThreadPoolExecutor(3) as pool:
         together = list(pool.map(engine.submit, rows))
     assert batch_sizes(engine, 1) == [3]
-    alone = MicroBatcher(windowed, decode_batch, max_size=1, wait_ms=0)
+    alone = MicroBatcher(windowed, decode_steps, max_size=1, wait_ms=0)
     assert [alone.submit(row).tokens for row in rows] == [result.tokens for result in together]
+
+
+def test_models_on_one_device_take_turns_on_its_inference_thread(
+    generator: LoadedModel, classifier: LoadedModel
+):
+    """A classification that arrives during a long generation is answered between two of
+    its steps, not after it; every pass on the device comes from the same thread."""
+    passes_by: set[str] = set()
+    streamed: list[int] = []
+    started = threading.Event()
+
+    def on_tokens(tokens: list[int]) -> None:
+        passes_by.add(threading.current_thread().name)
+        streamed.append(len(tokens))
+        started.set()
+
+    def classify_on_record(loaded: LoadedModel, batch: list[Pending], *rest: object):
+        passes_by.add(threading.current_thread().name)
+        yield from classify_batch(loaded, batch, *rest)
+
+    writer = batcher(generator, wait_ms=0)
+    reader = MicroBatcher(classifier, classify_on_record, max_size=8, wait_ms=0)
+
+    def paced() -> bool:  # at least a second in all: the classification comes mid-way
+        time.sleep(0.005)
+        return False
+
+    long_row = DecodeRow(
+        context(generator, "Far away"),
+        200,
+        0.8,
+        0.95,
+        seed=3,
+        should_stop=paced,
+        on_tokens=on_tokens,
+    )
+    with ThreadPoolExecutor(2) as pool:
+        story = pool.submit(writer.submit, long_row)
+        assert started.wait(30)
+        sentiment = reader.submit("What a lovely, friendly place.")
+        tokens_when_answered = streamed[-1]
+        assert story.result(timeout=120).finish_reason == "length"
+    assert sentiment.label in {"POSITIVE", "NEGATIVE"}
+    assert tokens_when_answered < 200  # answered while the generation ran
+    assert len(passes_by) == 1

@@ -5,7 +5,8 @@ import pytest
 
 from worker import inference
 from worker.config import WorkerSettings
-from worker.models import LoadedModel, ModelRegistry, ModelRole
+from worker.inference import Served
+from worker.models import ModelRegistry, ModelRole
 from worker.tiny import corpus_paragraphs
 
 
@@ -15,16 +16,16 @@ def models(tiny_models_dir: Path) -> ModelRegistry:
 
 
 @pytest.fixture(scope="module")
-def generator(models: ModelRegistry) -> LoadedModel:
-    return models.get(ModelRole.GENERATOR)
+def generator(models: ModelRegistry) -> Served:
+    return Served.here(models.get(ModelRole.GENERATOR))
 
 
-def generate(generator: LoadedModel, prompt: str, **options):
+def generate(generator: Served, prompt: str, **options):
     defaults = {"max_new_tokens": 40, "temperature": 0.8, "top_p": 0.95, "seed": 7}
     return inference.generate_text(generator, prompt=prompt, **(defaults | options))
 
 
-def test_generator_writes_words_not_byte_noise(generator: LoadedModel):
+def test_generator_writes_words_not_byte_noise(generator: Served):
     output = generate(generator, "Once upon a time")
     assert output.tokens == 40 and output.finish_reason == "length"
     words = re.findall(r"[A-Za-z]+", output.text)
@@ -34,13 +35,13 @@ def test_generator_writes_words_not_byte_noise(generator: LoadedModel):
     assert known / len(words) > 0.6, output.text
 
 
-def test_a_seed_makes_sampling_reproducible(generator: LoadedModel):
+def test_a_seed_makes_sampling_reproducible(generator: Served):
     assert generate(generator, "The weather", seed=3) == generate(generator, "The weather", seed=3)
     texts = {generate(generator, "The weather", seed=s).text for s in range(4)}
     assert len(texts) > 1
 
 
-def test_a_prompt_longer_than_the_window_is_trimmed_not_an_error(generator: LoadedModel):
+def test_a_prompt_longer_than_the_window_is_trimmed_not_an_error(generator: Served):
     long_prompt = " ".join(corpus_paragraphs())  # thousands of tokens, window is 256
     output = generate(generator, long_prompt, max_new_tokens=300)
     assert output.tokens == 300
@@ -59,7 +60,7 @@ def test_a_prompt_longer_than_the_window_is_trimmed_not_an_error(generator: Load
     ],
 )
 def test_classifier_gets_plain_sentiment_right(models: ModelRegistry, text: str, label: str):
-    [result] = inference.classify(models.get(ModelRole.CLASSIFIER), [text])
+    [result] = inference.classify(Served.here(models.get(ModelRole.CLASSIFIER)), [text])
     assert result.label == label
     assert 0.5 < result.score <= 1.0
 
@@ -67,7 +68,10 @@ def test_classifier_gets_plain_sentiment_right(models: ModelRegistry, text: str,
 def test_summarizer_writes_a_short_text(models: ModelRegistry):
     text = " ".join(corpus_paragraphs()[8:10])
     summary = inference.summarize(
-        models.get(ModelRole.SUMMARIZER), text=text, min_new_tokens=5, max_new_tokens=30
+        Served.here(models.get(ModelRole.SUMMARIZER)),
+        text=text,
+        min_new_tokens=5,
+        max_new_tokens=30,
     )
     assert 0 < len(summary) < len(text)
     assert re.search(r"[A-Za-z]{3,}", summary)
