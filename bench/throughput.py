@@ -146,7 +146,7 @@ def in_process_ceiling(
 
 
 def scaling(log_dir: Path) -> dict[str, Any]:
-    per_level = (lambda c: max(4 * c, 64)) if FULL else (lambda c: max(2 * c, 16))
+    per_level = (lambda c: max(8 * c, 64)) if FULL else (lambda c: max(4 * c, 16))
     long_job = {"prompt": PROMPT, "max_new_tokens": LONG_TOKENS}
     work: dict[str, tuple[TaskName, dict[str, Any], list[int]]] = {
         "generate": (TaskName.GENERATE, {"prompt": PROMPT, "max_new_tokens": NEW_TOKENS}, LEVELS),
