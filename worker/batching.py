@@ -442,7 +442,7 @@ def decode_steps(
                 continue
             generated[index].append(token)
             if row.on_tokens is not None:
-                _safely(row.on_tokens, generated[index])
+                call_safely(row.on_tokens, generated[index])
             if len(generated[index]) >= row.max_new_tokens:
                 finish(index, "length")
             elif row.should_stop is not None and row.should_stop():
@@ -515,7 +515,8 @@ def decode_steps(
                     rows.merge(joined)
 
 
-def _safely(callback: Callable[[list[int]], None], tokens: list[int]) -> None:
+def call_safely(callback: Callable[[list[int]], None], tokens: list[int]) -> None:
+    """A row's streaming callback: its failure is logged, the generation goes on."""
     try:
         callback(tokens)
     except Exception:

@@ -33,6 +33,7 @@ from functools import lru_cache
 from multiprocessing.connection import Connection
 from typing import Any
 
+from worker.batching import call_safely
 from worker.errors import TransientError
 
 logger = logging.getLogger(__name__)
@@ -161,10 +162,7 @@ class InferenceProcess:
                 with self._lock:
                     call = self._calls.get(call_id)
                 if call is not None and call.on_tokens is not None:
-                    try:
-                        call.on_tokens(tokens)
-                    except Exception:
-                        logger.exception("a streaming callback failed; the generation goes on")
+                    call_safely(call.on_tokens, tokens)
             return
         _, call_id, value = message
         with self._lock:
