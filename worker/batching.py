@@ -24,6 +24,7 @@ length so that padding does not eat the gain. CUDA out of memory splits the batc
 halves and runs them one after the other.
 """
 
+import inspect
 import logging
 import os
 import threading
@@ -479,12 +480,17 @@ def decode_steps(
             position_ids=positions,
             past_key_values=GrowingCache() if growing else None,
             use_cache=True,
+            **last_logits_only,
         )
         group.cache = output.past_key_values
         advance(group, output.logits[:, -1, :])
         return group
 
     growing = fits_growing_cache(loaded.model.config)
+    # A prompt's pass needs the logits of its last position only, not a vocabulary's
+    # worth for every position (most models take ``logits_to_keep``).
+    takes_keep = "logits_to_keep" in inspect.signature(loaded.model.forward).parameters
+    last_logits_only = {"logits_to_keep": 1} if takes_keep else {}
     rows.merge(prefill(0))
     joining = arrivals is not None and capacity > 1 and can_merge(rows.cache)
     waited = 0

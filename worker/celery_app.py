@@ -12,5 +12,12 @@ app = create_celery_app("llm_tasks", settings)
 app.conf.update(
     worker_pool="threads",
     worker_concurrency=settings.worker_concurrency,
+    # JobTask stores STARTED itself, in the round trip that checks the step has not
+    # already ended (worker.results).
+    task_track_started=False,
     include=["worker.tasks", "worker.signals"],
 )
+# A Redis result backend writes each state in one round trip instead of two.
+app.loader.override_backends = {
+    scheme: "worker.results:ResultBackend" for scheme in ("redis", "rediss")
+}

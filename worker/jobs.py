@@ -7,6 +7,7 @@ retried with exponential backoff and jitter, bad input fails at once.
 """
 
 import logging
+import os
 import random
 import threading
 import time
@@ -37,6 +38,7 @@ from contracts.metrics import JOB_RUN, JOB_WAIT, JOBS_FINISHED, STEP_RETRIES, ST
 from worker.config import get_settings
 from worker.errors import Canceled, InvalidInput, TransientError
 from worker.metrics import start_flushing, tally
+from worker.results import ResultBackend
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +227,7 @@ class JobTask(Task):  # type: ignore[misc]
     """Base of every task of the service."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._already_finished():
+        if self._store_started():
             raise Ignore()
         job_id, canceled = self._start_step()
         self.request.job_id = job_id
@@ -272,20 +274,25 @@ class JobTask(Task):  # type: ignore[misc]
         token: CancelToken = self.request.cancel_token
         return token
 
-    def _already_finished(self) -> bool:
-        """A message delivered again (a worker died before acknowledging it, or the
-        visibility timeout passed) whose step has already ended must not run twice."""
+    def _store_started(self) -> bool:
+        """Store the step's STARTED state; true (and nothing stored) when the step already
+        ended: a message delivered again (a worker died before acknowledging it, or the
+        visibility timeout passed) whose step ended must not run twice."""
         if self.request.is_eager or not self.request.id:
             return False
-        state = self.backend.get_task_meta(self.request.id).get("status")
-        if state in states.READY_STATES:
+        task_id, started = self.request.id, {"pid": os.getpid(), "hostname": self.request.hostname}
+        if isinstance(self.backend, ResultBackend):
+            ended = self.backend.store_started(task_id, self.request, started)
+        else:
+            ended = self.backend.get_task_meta(task_id).get("status")
+            if ended not in states.READY_STATES:
+                self.backend.store_result(task_id, started, states.STARTED, request=self.request)
+                ended = None
+        if ended:
             logger.warning(
-                "task %s was delivered again but already ended %s: not run again",
-                self.request.id,
-                state,
+                "task %s was delivered again but already ended %s: not run again", task_id, ended
             )
-            return True
-        return False
+        return bool(ended)
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         self._end_step("succeeded", "SUCCESS")

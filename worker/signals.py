@@ -21,6 +21,11 @@ logger = logging.getLogger(__name__)
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def use_log_format(logger: logging.Logger, **_: Any) -> None:
+    # Celery's own line for every message received and every task succeeded: JobTask
+    # logs each step's start and end, with the job id and the duration. Failures and
+    # retries still come from both.
+    for per_task in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(per_task).setLevel(logging.WARNING)
     log_format = get_settings().log_format
     if log_format == "json":
         for handler in logger.handlers:
