@@ -6,7 +6,10 @@ Every figure stands beside its peer from the same run:
   Celery ``send_task`` on the same Redis and worker — jobs/s, p50/p99 submit → done;
 - generation at 1, 8, 32, 64 concurrent jobs of 32 tokens (and 32 of 128 tokens): a
   worker with batching on, one with it off (``LLM_TASKS_BATCH_MAX_SIZE=1``), and the
-  ceiling: the same rows through the batched decode loop in-process, with no queue;
+  ceiling: the same rows through the batched decode loop in-process, with no queue
+  (measured right after the level through the queue; the best of a few runs, with
+  torch's default threads or the worker's, whichever is faster), and beside it the same
+  loop with the worker's torch threads;
 - classification, likewise;
 - the API's submit rate under a load generator (requests/s, p99).
 
@@ -52,6 +55,8 @@ NEW_TOKENS = 32
 #: Longer jobs, at one level: the queue's cost per job is shared by more tokens.
 LONG_TOKENS = 128
 LONG_LEVELS = [32]
+#: In-process figures are the best of this many runs.
+IN_PROCESS_RUNS = 3
 PROMPT = "Once upon a time there was a"
 SENTENCE = "The staff were friendly and the room was lovely."
 
@@ -107,24 +112,51 @@ def worker_stack(log_dir: Path, batch_max_size: int) -> Iterator[tuple[dict[str,
 
 
 def through_queue(
-    celery: Any, task: TaskName, kwargs: dict[str, Any], concurrency: int, total: int
+    celery: Any,
+    task: TaskName,
+    kwargs: dict[str, Any],
+    concurrency: int,
+    total: int,
+    warm_up: bool = False,
 ) -> dict[str, float]:
-    wall, latencies = closed_loop(
-        concurrency, total, lambda: celery.send_task(task, kwargs=kwargs).get(timeout=300)
-    )
+    """``total`` jobs by ``concurrency`` clients, each sending its next job when its last
+    one is done; with ``warm_up``, ``concurrency`` jobs first, untimed, so that the
+    figures are of a steady state (clients out of step), not of the first wave."""
+
+    def one() -> None:
+        celery.send_task(task, kwargs=kwargs).get(timeout=300)
+
+    if warm_up:
+        closed_loop(concurrency, concurrency, one)
+    wall, latencies = closed_loop(concurrency, total, one)
     return {"jobs_per_s": total / wall, **percentiles(latencies)}
 
 
 def in_process_ceiling(
-    kind: str, concurrency: int, total: int, new_tokens: int = NEW_TOKENS
+    kind: str, concurrency: int, total: int, new_tokens: int = NEW_TOKENS, threads: int = 0
 ) -> dict[str, float]:
-    """The same work through the batched runners directly: no broker, no worker."""
+    """The same work through the batched runners directly: no broker, no worker; with
+    ``threads`` torch threads (0: torch's default, every core)."""
+    import torch
+
+    from worker.models import get_registry
+
+    registry = get_registry()
+    default_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return {"jobs_per_s": total / _in_process(registry, kind, concurrency, total, new_tokens)}
+    finally:
+        torch.set_num_threads(default_threads)
+
+
+def _in_process(registry: Any, kind: str, concurrency: int, total: int, new_tokens: int) -> float:
     import torch
 
     from worker.batching import DecodeRow, Pending, classify_batch, decode_batch
-    from worker.models import ModelRole, get_registry
+    from worker.models import ModelRole
 
-    registry = get_registry()
     started = time.perf_counter()
     done = 0
     while done < total:
@@ -142,7 +174,34 @@ def in_process_ceiling(
                 for _ in classify_batch(registry.get(ModelRole.CLASSIFIER), batch):
                     pass
         done += rows
-    return {"jobs_per_s": total / (time.perf_counter() - started)}
+    return time.perf_counter() - started
+
+
+def in_process(kind: str, level: int, total: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The in-process figures of a level: with the worker's torch threads, and the ceiling
+    (the better of those and torch's default, every core). Each is the best of a few runs,
+    since a ceiling is what the machine can do: a run can only be slowed down."""
+    from worker.batching import intra_op_threads
+
+    tokens = kwargs.get("max_new_tokens", 0)
+    best = {
+        threads: max(
+            in_process_ceiling(kind, level, total, tokens, threads)["jobs_per_s"]
+            for _ in range(IN_PROCESS_RUNS)
+        )
+        for threads in {0, intra_op_threads()}
+    }
+    ceiling_threads = max(best, key=lambda threads: best[threads])
+    return {
+        "ceiling_in_process": {
+            "jobs_per_s": best[ceiling_threads],
+            "torch_threads": ceiling_threads or "default",
+        },
+        "in_process_worker_threads": {
+            "jobs_per_s": best[intra_op_threads()],
+            "torch_threads": intra_op_threads() or "default",
+        },
+    }
 
 
 def scaling(log_dir: Path) -> dict[str, Any]:
@@ -158,22 +217,34 @@ def scaling(log_dir: Path) -> dict[str, Any]:
         with worker_stack(log_dir, batch_max_size) as (_, celery):
             for kind, (task, kwargs, levels) in work.items():
                 for level in levels:
-                    figures = through_queue(celery, task, kwargs, level, per_level(level))
-                    report[kind].setdefault(str(level), {})[label] = figures
+                    figures = through_queue(
+                        celery, task, kwargs, level, per_level(level), warm_up=level > 1
+                    )
+                    row = report[kind].setdefault(str(level), {})
+                    row[label] = figures
                     print(kind, level, label, figures, flush=True)
+                    if label == "batched":  # the ceiling now, on the machine as it is now
+                        row |= in_process(kind, level, per_level(level), kwargs)
     for kind, (_, kwargs, levels) in work.items():
         tokens = kwargs.get("max_new_tokens", 0)
         for level in levels:
             row = report[kind][str(level)]
-            row["ceiling_in_process"] = in_process_ceiling(kind, level, per_level(level), tokens)
             row["batched_over_unbatched"] = (
                 row["batched"]["jobs_per_s"] / row["unbatched"]["jobs_per_s"]
             )
             row["queue_over_ceiling"] = (
                 row["batched"]["jobs_per_s"] / row["ceiling_in_process"]["jobs_per_s"]
             )
+            row["queue_over_worker_threads"] = (
+                row["batched"]["jobs_per_s"] / row["in_process_worker_threads"]["jobs_per_s"]
+            )
             if tokens:
-                for figures in (row["batched"], row["unbatched"], row["ceiling_in_process"]):
+                for figures in (
+                    row["batched"],
+                    row["unbatched"],
+                    row["ceiling_in_process"],
+                    row["in_process_worker_threads"],
+                ):
                     figures["tokens_per_s"] = figures["jobs_per_s"] * tokens
             print(kind, level, row, flush=True)
     return report
@@ -249,7 +320,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
         (axes[1], "classify", "jobs_per_s"),
     ):
         rows = report["scaling"][kind]
-        for label in ("ceiling_in_process", "batched", "unbatched"):
+        for label in ("ceiling_in_process", "in_process_worker_threads", "batched", "unbatched"):
             axis.plot(
                 LEVELS, [rows[str(level)][label][unit] for level in LEVELS], marker="o", label=label
             )
