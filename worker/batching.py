@@ -40,7 +40,7 @@ import torch
 
 from contracts.metrics import BATCH_SIZE, BUSY_SECONDS, TOKENS
 from worker.config import get_settings
-from worker.kv_cache import GrowingCache, can_merge, fits_growing_cache, merged, trim_left
+from worker.kv_cache import GrowingCache, can_merge, fits_growing_cache, trim_left
 from worker.metrics import tally
 from worker.models import LoadedModel, ModelRole
 
@@ -347,14 +347,17 @@ class _Rows:
         return len(self.index)
 
     def keep(self, keep: list[int]) -> None:
-        selected = torch.tensor(keep, dtype=torch.long, device=self.device)
+        """Keep the rows at ``keep`` (ascending), the last rows moved into the gaps the
+        others leave: the cache copies only the rows that move."""
+        order = _filling_gaps(keep)
+        selected = torch.tensor(order, dtype=torch.long, device=self.device)
         if self.cache is not None:
             self.cache.batch_select_indices(selected)
         self.mask, self.positions = self.mask[selected], self.positions[selected]
         self.next_tokens = self.next_tokens[selected]
         self.temperatures, self.top_ps = self.temperatures[selected], self.top_ps[selected]
-        self.generators = [self.generators[j] for j in keep]
-        self.index = [self.index[j] for j in keep]
+        self.generators = [self.generators[j] for j in order]
+        self.index = [self.index[j] for j in order]
 
     def trim(self) -> None:
         """Drop the cache columns that are padding for every row. Rows joined later are
@@ -375,7 +378,7 @@ class _Rows:
             return
         assert isinstance(self.cache, GrowingCache) and isinstance(other.cache, GrowingCache)
         width = max(self.mask.shape[1], other.mask.shape[1])
-        self.cache = merged(self.cache, other.cache, width - 1)
+        self.cache.take_rows(other.cache)
         self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(other.mask, width)])
         self.positions = torch.cat([self.positions, other.positions])
         self.next_tokens = torch.cat([self.next_tokens, other.next_tokens])
@@ -383,6 +386,16 @@ class _Rows:
         self.top_ps = torch.cat([self.top_ps, other.top_ps])
         self.generators += other.generators
         self.index += other.index
+
+
+def _filling_gaps(keep: list[int]) -> list[int]:
+    """The order of the kept rows (``keep`` ascending) in which the rows that are in the
+    first ``len(keep)`` places stay there and the later ones fill the gaps."""
+    count = len(keep)
+    gaps = sorted(set(range(count)) - set(keep))
+    movers = [j for j in keep if j >= count]
+    placed = dict(zip(gaps, movers, strict=True))
+    return [placed.get(i, i) for i in range(count)]
 
 
 def _pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
@@ -478,7 +491,8 @@ def decode_steps(
             input_ids=input_ids.to(device),
             attention_mask=group.mask,
             position_ids=positions,
-            past_key_values=GrowingCache() if growing else None,
+            # The loop's first rows make the cache, with room for every row that may join.
+            past_key_values=GrowingCache(capacity if start == 0 else 0) if growing else None,
             use_cache=True,
             **last_logits_only,
         )

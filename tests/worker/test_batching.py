@@ -166,6 +166,58 @@ def test_a_request_joins_a_running_decode_loop(generator: LoadedModel):
     assert long_result.result().tokens == long_alone.tokens
 
 
+class Scripted:
+    """Arrivals for a decode loop: each row becomes waiting at its own step."""
+
+    def __init__(self, rows: list[tuple[int, DecodeRow]]) -> None:
+        self.step = 0
+        self.pending = [(step, Pending(row)) for step, row in rows]
+        self.taken: list[Pending] = []
+
+    def waiting(self) -> int:
+        return sum(step <= self.step for step, _ in self.pending)
+
+    def take(self, limit: int) -> list[Pending]:
+        ready = [p for step, p in self.pending if step <= self.step][:limit]
+        self.pending = [(step, p) for step, p in self.pending if p not in ready]
+        self.taken += ready
+        return ready
+
+
+def test_rows_that_join_and_leave_a_busy_loop_keep_their_tokens(generator: LoadedModel):
+    """Rows join a running loop (prompts shorter and longer than its cache) and leave it
+    at different steps (the last rows move into their places): every row gets exactly
+    the tokens it gets alone."""
+    prompts = [
+        "Once",
+        "The weather will be fine tomorrow, said the old fisherman to the harbor master",
+        "A task queue",
+        "Hi",
+        "Meanwhile, in the busy market square, a very long sentence went on and on",
+        "The cat",
+        "Seven",
+    ]
+
+    def row(i: int) -> DecodeRow:
+        return DecodeRow(
+            context(generator, prompts[i % len(prompts)]), 6 + 7 * (i % 4), 0.8, 0.95, seed=i
+        )
+
+    first = [Pending(row(i)) for i in range(3)]
+    arrivals = Scripted([(1 + 3 * i, row(i)) for i in range(3, 14)])
+    with torch.inference_mode():
+        for _ in decode_steps(generator, first, arrivals, capacity=6):
+            arrivals.step += 1
+    assert not arrivals.pending  # every row joined the one loop (which appends them)
+    assert first[3:] == arrivals.taken and len(first) == 14
+    for i, pending in enumerate(first):
+        alone = Pending(row(i))
+        with torch.inference_mode():
+            for _ in decode_steps(generator, [alone]):
+                pass
+        assert pending.future.result().tokens == alone.future.result().tokens, f"row {i}"
+
+
 def test_out_of_memory_splits_the_batch(generator: LoadedModel):
     seen: list[int] = []
 
