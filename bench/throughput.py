@@ -205,7 +205,14 @@ def in_process(kind: str, level: int, total: int, kwargs: dict[str, Any]) -> dic
 
 
 def scaling(log_dir: Path) -> dict[str, Any]:
-    per_level = (lambda c: max(8 * c, 64)) if FULL else (lambda c: max(4 * c, 16))
+    # Jobs per level: enough for a few seconds of the batched worker at each level (a
+    # classification takes a fraction of a generation's time, so it gets more).
+    rounds = 16 if FULL else 8
+
+    def per_level(concurrency: int, kind: str) -> int:
+        jobs = rounds * max(concurrency, 4)
+        return jobs * 4 if kind == "classify" else jobs
+
     long_job = {"prompt": PROMPT, "max_new_tokens": LONG_TOKENS}
     work: dict[str, tuple[TaskName, dict[str, Any], list[int]]] = {
         "generate": (TaskName.GENERATE, {"prompt": PROMPT, "max_new_tokens": NEW_TOKENS}, LEVELS),
@@ -218,13 +225,13 @@ def scaling(log_dir: Path) -> dict[str, Any]:
             for kind, (task, kwargs, levels) in work.items():
                 for level in levels:
                     figures = through_queue(
-                        celery, task, kwargs, level, per_level(level), warm_up=level > 1
+                        celery, task, kwargs, level, per_level(level, kind), warm_up=level > 1
                     )
                     row = report[kind].setdefault(str(level), {})
                     row[label] = figures
                     print(kind, level, label, figures, flush=True)
                     if label == "batched":  # the ceiling now, on the machine as it is now
-                        row |= in_process(kind, level, per_level(level), kwargs)
+                        row |= in_process(kind, level, per_level(level, kind), kwargs)
     for kind, (_, kwargs, levels) in work.items():
         tokens = kwargs.get("max_new_tokens", 0)
         for level in levels:
