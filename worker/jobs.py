@@ -288,7 +288,9 @@ class JobTask(Task):  # type: ignore[misc]
             if ended not in states.READY_STATES:
                 self.backend.store_result(task_id, started, states.STARTED, request=self.request)
                 ended = None
-        if ended:
+        if ended == states.REVOKED:
+            logger.info("task %s was canceled before it started: not run", task_id)
+        elif ended:
             logger.warning(
                 "task %s was delivered again but already ended %s: not run again", task_id, ended
             )

@@ -3,6 +3,7 @@ round trip per write, and an ended task is never written over."""
 
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,9 +31,13 @@ class Request:
 
 
 @pytest.fixture
-def backends(redis_url: str) -> tuple[ResultBackend, RedisBackend]:
+def backends(redis_url: str) -> Iterator[tuple[ResultBackend, RedisBackend]]:
     app = create_celery_app("test", CommonSettings(redis_url=redis_url, result_expires=600))
-    return ResultBackend(app=app, url=redis_url), RedisBackend(app=app, url=redis_url)
+    ours, celerys = ResultBackend(app=app, url=redis_url), RedisBackend(app=app, url=redis_url)
+    yield ours, celerys
+    for backend in (ours, celerys):
+        backend.client.connection_pool.disconnect()
+    app.close()
 
 
 def test_documents_and_messages_are_celerys(backends, redis_url: str):
@@ -41,14 +46,21 @@ def test_documents_and_messages_are_celerys(backends, redis_url: str):
     channel = client.pubsub()
     channel.subscribe(ours.get_key_for_task("t-doc"))
     channel.get_message(timeout=1)  # the subscription's confirmation
-    ours.store_result("t-doc", {"current": 3, "text": "Once"}, "PROGRESS", request=Request("t-doc"))
+    try:
+        ours.store_result(
+            "t-doc", {"current": 3, "text": "Once"}, "PROGRESS", request=Request("t-doc")
+        )
+        published = channel.get_message(timeout=2)
+        ttl = client.ttl(ours.get_key_for_task("t-doc"))
+    finally:
+        channel.close()
+        client.close()
     meta = celerys.get_task_meta("t-doc")
     assert meta["status"] == "PROGRESS"
     assert meta["result"] == {"current": 3, "text": "Once"}
     assert meta["kwargs"] == {"prompt": "Once"} and meta["worker"] == "worker@test"
-    published = channel.get_message(timeout=2)
     assert published is not None and json.loads(published["data"])["status"] == "PROGRESS"
-    assert 0 < client.ttl(ours.get_key_for_task("t-doc")) <= 600
+    assert 0 < ttl <= 600
 
 
 def test_a_success_is_never_written_over(backends):
@@ -78,8 +90,8 @@ def test_a_step_starts_unless_it_already_ended(backends):
         assert celerys.get_task_meta(task_id)["status"] == ended
 
 
-def test_the_worker_app_uses_it(redis_url: str):
+def test_the_worker_app_uses_it():
     from worker.celery_app import app
 
-    assert isinstance(app.backend, ResultBackend)
+    assert isinstance(app.backend, ResultBackend)  # made without connecting
     assert app.conf.task_track_started is False  # JobTask stores STARTED itself
