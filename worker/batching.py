@@ -208,9 +208,13 @@ class MicroBatcher:
         with self._loop.changed:
             return [self._waiting.popleft() for _ in range(min(limit, len(self._waiting)))]
 
-    def _passes(self, batch: list[Pending[Any, Any]]) -> Iterator[None]:
+    def _passes(
+        self, batch: list[Pending[Any, Any]], capacity: int | None = None
+    ) -> Iterator[None]:
+        """The runner's passes over ``batch``, which may grow to ``capacity`` rows (the
+        batch size; after an out-of-memory split, each half's own size)."""
         try:
-            passes = self._runner(self._loaded, batch, self, self._max_size)
+            passes = self._runner(self._loaded, batch, self, capacity or self._max_size)
             if passes is not None:
                 yield from passes
         except torch.cuda.OutOfMemoryError as error:
@@ -222,8 +226,8 @@ class MicroBatcher:
                     "CUDA out of memory with %d rows: splitting the batch", len(unfinished)
                 )
                 half = len(unfinished) // 2
-                yield from self._passes(unfinished[:half])
-                yield from self._passes(unfinished[half:])
+                yield from self._passes(unfinished[:half], half)
+                yield from self._passes(unfinished[half:], len(unfinished) - half)
                 return
             _fail(unfinished, error)  # one row alone: the task retries it
         except Exception as error:

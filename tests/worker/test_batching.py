@@ -220,9 +220,11 @@ def test_rows_that_join_and_leave_a_busy_loop_keep_their_tokens(generator: Loade
 
 def test_out_of_memory_splits_the_batch(generator: LoadedModel):
     seen: list[int] = []
+    capacities: list[int] = []
 
-    def runner(loaded: LoadedModel, batch: list[Pending], *_: object) -> None:
+    def runner(loaded: LoadedModel, batch: list[Pending], arrivals: object, capacity: int) -> None:
         seen.append(len(batch))
+        capacities.append(capacity)
         if len(batch) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
         for pending in batch:
@@ -233,6 +235,7 @@ def test_out_of_memory_splits_the_batch(generator: LoadedModel):
         results = list(pool.map(engine.submit, range(8)))
     assert results == [n * 10 for n in range(8)]
     assert seen == [8, 4, 2, 2, 4, 2, 2]  # halved until it fits
+    assert capacities == seen  # a half does not take in rows that arrive: it would grow back
 
 
 def test_a_lone_row_out_of_memory_is_an_error_for_its_task(generator: LoadedModel):
