@@ -132,49 +132,42 @@ def through_queue(
     return {"jobs_per_s": total / wall, **percentiles(latencies)}
 
 
-def in_process_ceiling(
-    kind: str, concurrency: int, total: int, new_tokens: int = NEW_TOKENS, threads: int = 0
-) -> dict[str, float]:
-    """The same work through the batched runners directly: no broker, no worker; with
-    ``threads`` torch threads (0: torch's default, every core)."""
+def in_process_rate(
+    kind: str, concurrency: int, total: int, new_tokens: int, threads: int
+) -> float:
+    """Jobs/s of the same work through the batched runners directly (no broker, no
+    worker), ``concurrency`` rows at a time, with ``threads`` torch threads (0: torch's
+    default, every core)."""
     import torch
 
-    from worker.models import get_registry
+    from worker.batching import DecodeRow, Pending, classify_batch, decode_batch
+    from worker.models import ModelRole, get_registry
 
     registry = get_registry()
     default_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return {"jobs_per_s": total / _in_process(registry, kind, concurrency, total, new_tokens)}
+        started = time.perf_counter()
+        done = 0
+        while done < total:
+            rows = min(concurrency, total - done)
+            if kind.startswith("generate"):
+                loaded = registry.get(ModelRole.GENERATOR)
+                context = loaded.tokenizer(PROMPT)["input_ids"]
+                batch: list[Any] = [
+                    Pending(DecodeRow(context, new_tokens, 0.8, 0.95, seed=i)) for i in range(rows)
+                ]
+                decode_batch(loaded, batch)
+            else:
+                batch = [Pending(SENTENCE) for _ in range(rows)]
+                with torch.inference_mode():
+                    for _ in classify_batch(registry.get(ModelRole.CLASSIFIER), batch):
+                        pass
+            done += rows
+        return total / (time.perf_counter() - started)
     finally:
         torch.set_num_threads(default_threads)
-
-
-def _in_process(registry: Any, kind: str, concurrency: int, total: int, new_tokens: int) -> float:
-    import torch
-
-    from worker.batching import DecodeRow, Pending, classify_batch, decode_batch
-    from worker.models import ModelRole
-
-    started = time.perf_counter()
-    done = 0
-    while done < total:
-        rows = min(concurrency, total - done)
-        if kind.startswith("generate"):
-            loaded = registry.get(ModelRole.GENERATOR)
-            context = loaded.tokenizer(PROMPT)["input_ids"]
-            batch: list[Any] = [
-                Pending(DecodeRow(context, new_tokens, 0.8, 0.95, seed=i)) for i in range(rows)
-            ]
-            decode_batch(loaded, batch)
-        else:
-            batch = [Pending(SENTENCE) for _ in range(rows)]
-            with torch.inference_mode():
-                for _ in classify_batch(registry.get(ModelRole.CLASSIFIER), batch):
-                    pass
-        done += rows
-    return time.perf_counter() - started
 
 
 def in_process(kind: str, level: int, total: int, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -186,8 +179,7 @@ def in_process(kind: str, level: int, total: int, kwargs: dict[str, Any]) -> dic
     tokens = kwargs.get("max_new_tokens", 0)
     best = {
         threads: max(
-            in_process_ceiling(kind, level, total, tokens, threads)["jobs_per_s"]
-            for _ in range(IN_PROCESS_RUNS)
+            in_process_rate(kind, level, total, tokens, threads) for _ in range(IN_PROCESS_RUNS)
         )
         for threads in {0, intra_op_threads()}
     }
