@@ -282,7 +282,9 @@ class JobTask(Task):  # type: ignore[misc]
             return False
         task_id, started = self.request.id, {"pid": os.getpid(), "hostname": self.request.hostname}
         if isinstance(self.backend, ResultBackend):
-            ended = self.backend.store_started(task_id, self.request, started)
+            ended = self.backend.store_started(
+                task_id, self.request, started, parent_id=self.request.parent_id
+            )
         else:
             ended = self.backend.get_task_meta(task_id).get("status")
             if ended not in states.READY_STATES:

@@ -3,6 +3,7 @@ round trip per write, and an ended task is never written over."""
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,3 +96,41 @@ def test_the_worker_app_uses_it():
 
     assert isinstance(app.backend, ResultBackend)  # made without connecting
     assert app.conf.task_track_started is False  # JobTask stores STARTED itself
+
+
+def test_a_step_starts_after_the_step_before_is_stored(backends, redis_url: str):
+    """Celery sends a chain's next step before it stores the step's result: the next
+    step's start waits for it, so followers see the steps' states in their order."""
+    ours, celerys = backends
+    ours.store_result("t-parent", {"current": 1}, "PROGRESS", request=Request("t-parent"))
+    client = redis.Redis.from_url(redis_url)
+    channel = client.pubsub()
+    channel.subscribe(ours.get_key_for_task("t-parent"), ours.get_key_for_task("t-child"))
+    try:
+        while channel.get_message(timeout=1) is not None:  # the two confirmations
+            pass
+        parent_done = threading.Timer(
+            0.2,
+            lambda: ours.store_result(
+                "t-parent", {"text": "x"}, states.SUCCESS, request=Request("t-parent")
+            ),
+        )
+        parent_done.start()
+        assert ours.store_started("t-child", Request("t-child"), {}, parent_id="t-parent") is None
+        parent_done.join()
+        published = [channel.get_message(timeout=2) for _ in range(2)]
+    finally:
+        channel.close()
+        client.close()
+    order = [json.loads(message["data"])["status"] for message in published if message]
+    assert order == [states.SUCCESS, states.STARTED]
+    assert celerys.get_task_meta("t-child")["status"] == states.STARTED
+
+
+def test_a_step_whose_step_before_is_never_stored_starts_anyway(backends):
+    ours, celerys = backends
+    started = ours.store_started(
+        "t-orphan", Request("t-orphan"), {}, parent_id="t-gone", parent_wait=0.1
+    )
+    assert started is None
+    assert celerys.get_task_meta("t-orphan")["status"] == states.STARTED
