@@ -16,9 +16,11 @@ Every figure stands beside its peer from the same run:
 ``python -m bench throughput`` (quick, CPU); ``--full`` runs more jobs per level and, on
 a GPU, generates with a GPT-2 124M-shaped model (random weights, the tiny tokenizer; in
 half precision, as ``LLM_TASKS_DEVICE=auto`` loads it); ``--gpt2-shape`` picks that model
-anywhere. Every run also reports the memory-bandwidth bound of generation: a decode step
-reads every weight once, so B rows cannot go faster than B * bandwidth / weight bytes
-tokens/s (the bandwidth is measured with a large copy on the model's device).
+anywhere (results in ``throughput-gpt2-shape.json``); ``--levels=8,32`` picks the
+levels, ``--rounds=N`` the jobs per level (N x the level's clients). Every run also
+reports the memory-bandwidth bound of generation: a decode step reads every weight once,
+so B rows cannot go faster than B * bandwidth / weight bytes tokens/s (the bandwidth is
+measured with a large copy on the model's device).
 """
 
 import asyncio
@@ -48,13 +50,22 @@ from tools.stack import (
     wait_until,
 )
 
+
+def option(name: str, default: str) -> str:
+    """``--name=value`` from the command line, else ``default``."""
+    prefix = f"--{name}="
+    return next((arg[len(prefix) :] for arg in sys.argv if arg.startswith(prefix)), default)
+
+
 FULL = "--full" in sys.argv
 GPT2_SHAPE = "--gpt2-shape" in sys.argv
-LEVELS = [1, 8, 32, 64]
+LEVELS = [int(level) for level in option("levels", "1,8,32,64").split(",")]
+#: Jobs per level are this many times its clients (classification 4x that).
+ROUNDS = int(option("rounds", "16" if FULL else "8"))
 NEW_TOKENS = 32
 #: Longer jobs, at one level: the queue's cost per job is shared by more tokens.
 LONG_TOKENS = 128
-LONG_LEVELS = [32]
+LONG_LEVELS = [level for level in (32,) if level in LEVELS]
 #: In-process figures are the best of this many runs.
 IN_PROCESS_RUNS = 3
 PROMPT = "Once upon a time there was a"
@@ -170,18 +181,27 @@ def in_process_rate(
         torch.set_num_threads(default_threads)
 
 
+def worker_threads() -> int:
+    """The torch threads of the worker's inference loop (0: torch's default): its
+    largest model picks them."""
+    from worker.batching import intra_op_threads
+    from worker.models import ModelRole, get_registry
+
+    registry = get_registry()
+    return intra_op_threads(max(registry.get(role).parameters for role in ModelRole))
+
+
 def in_process(kind: str, level: int, total: int, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The in-process figures of a level: with the worker's torch threads, and the ceiling
     (the better of those and torch's default, every core). Each is the best of a few runs,
     since a ceiling is what the machine can do: a run can only be slowed down."""
-    from worker.batching import intra_op_threads
-
     tokens = kwargs.get("max_new_tokens", 0)
+    workers = worker_threads()
     best = {
         threads: max(
             in_process_rate(kind, level, total, tokens, threads) for _ in range(IN_PROCESS_RUNS)
         )
-        for threads in {0, intra_op_threads()}
+        for threads in {0, workers}
     }
     ceiling_threads = max(best, key=lambda threads: best[threads])
     return {
@@ -190,8 +210,8 @@ def in_process(kind: str, level: int, total: int, kwargs: dict[str, Any]) -> dic
             "torch_threads": ceiling_threads or "default",
         },
         "in_process_worker_threads": {
-            "jobs_per_s": best[intra_op_threads()],
-            "torch_threads": intra_op_threads() or "default",
+            "jobs_per_s": best[workers],
+            "torch_threads": workers or "default",
         },
     }
 
@@ -199,10 +219,8 @@ def in_process(kind: str, level: int, total: int, kwargs: dict[str, Any]) -> dic
 def scaling(log_dir: Path) -> dict[str, Any]:
     # Jobs per level: enough for a few seconds of the batched worker at each level (a
     # classification takes a fraction of a generation's time, so it gets more).
-    rounds = 16 if FULL else 8
-
     def per_level(concurrency: int, kind: str) -> int:
-        jobs = rounds * max(concurrency, 4)
+        jobs = ROUNDS * max(concurrency, 4)
         return jobs * 4 if kind == "classify" else jobs
 
     long_job = {"prompt": PROMPT, "max_new_tokens": LONG_TOKENS}
@@ -327,7 +345,9 @@ def chart(report: dict[str, Any], path: Path) -> None:
         axis.set_xticks(LEVELS, [str(level) for level in LEVELS])
         axis.set_xlabel("concurrent jobs")
         axis.set_ylabel(unit.replace("_", " "))
-        axis.set_title(f"{kind} ({report['machine']['cuda'] or 'CPU'}, tiny models)")
+        generator = report["generator"]
+        models = "tiny models" if generator == "tiny" else Path(generator).name
+        axis.set_title(f"{kind} ({report['machine']['cuda'] or 'CPU'}, {models})")
         axis.legend()
         axis.grid(alpha=0.3)
     figure.tight_layout()
@@ -417,17 +437,17 @@ def main() -> dict[str, Any]:
         get_registry.cache_clear()
     with tempfile.TemporaryDirectory() as logs:
         log_dir = Path(logs)
-        from worker.batching import intra_op_threads
         from worker.config import get_settings as worker_settings
 
         report: dict[str, Any] = {
             "machine": machine(),
             "mode": "full" if FULL else "quick",
+            "rounds": ROUNDS,
             "generator": os.environ.get("LLM_TASKS_GENERATOR_MODEL", "tiny"),
             # The workers run with the defaults (the stack drops LLM_TASKS_ settings).
             "worker": {
                 "inference_process": worker_settings().inference_process,
-                "intra_op_threads": intra_op_threads(),
+                "intra_op_threads": worker_threads(),
             },
         }
         report["scaling"] = scaling(log_dir)
@@ -435,8 +455,9 @@ def main() -> dict[str, Any]:
         report["memory_bound"] = bound
         add_bound(report, bound)
         report |= overhead_and_submit_rate(log_dir)
-    save("throughput", report)
-    chart(report, RESULTS / "throughput.png")
+    name = "throughput-gpt2-shape" if GPT2_SHAPE else "throughput"
+    save(name, report)
+    chart(report, RESULTS / f"{name}.png")
     return report
 
 

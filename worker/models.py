@@ -54,6 +54,11 @@ class LoadedModel:
         """Positions the model can attend to (prompt and generated tokens together)."""
         return context_window(self.model.config, self.tokenizer)
 
+    @property
+    def parameters(self) -> int:
+        """The model's size: its parameter count."""
+        return sum(parameter.numel() for parameter in self.model.parameters())
+
 
 @dataclass(frozen=True)
 class ModelCard:

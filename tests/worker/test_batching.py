@@ -1,6 +1,9 @@
 """The micro-batcher: concurrent requests share forward passes, each row keeps its own
 parameters, stream and cancellation, and out-of-memory splits a batch."""
 
+import dataclasses
+import gc
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +13,8 @@ import pytest
 import torch
 
 from worker.batching import (
+    LARGE_MODEL_PARAMETERS,
+    TORCH_THREADS,
     DecodeRow,
     MicroBatcher,
     Pending,
@@ -335,3 +340,40 @@ def test_models_on_one_device_take_turns_on_its_inference_thread(
     assert sentiment.label in {"POSITIVE", "NEGATIVE"}
     assert tokens_when_answered < 200  # answered while the generation ran
     assert len(passes_by) == 1
+
+
+def test_a_large_model_gets_every_core_and_a_small_one_leaves_one_to_celery(
+    generator: LoadedModel,
+):
+    """On a CPU, the device loop runs a small model's passes with every core but one (the
+    worker's Celery side needs CPU for every job), and a large model's with torch's
+    default: its passes dwarf Celery's work."""
+    every_core = TORCH_THREADS  # torch's own choice
+    seen: dict[str, int] = {}
+
+    def recording(name: str):
+        def runner(loaded: LoadedModel, batch: list[Pending], *_: object) -> None:
+            seen[name] = torch.get_num_threads()
+            for pending in batch:
+                pending.future.set_result(None)
+
+        return runner
+
+    small = MicroBatcher(generator, recording("small"), max_size=4, wait_ms=0)
+    small.submit("a row")
+    assert generator.parameters < LARGE_MODEL_PARAMETERS
+    assert seen["small"] == max(1, (os.cpu_count() or 1) - 1)
+
+    # A real module of ten million parameters (its passes are not run here).
+    large_model = dataclasses.replace(generator, model=torch.nn.Linear(4000, 2500))
+    assert large_model.parameters >= LARGE_MODEL_PARAMETERS
+    large = MicroBatcher(large_model, recording("large"), max_size=4, wait_ms=0)
+    large.submit("a row")
+    small.submit("a row")
+    assert seen == {"small": every_core, "large": every_core}
+
+    del large, large_model  # the loop forgets a batcher that is gone (once its last
+    small.submit("a row")  # round, which may still hold it, is over)
+    gc.collect()
+    small.submit("a row")
+    assert seen["small"] == max(1, (os.cpu_count() or 1) - 1)
