@@ -337,17 +337,17 @@ def chart(report: dict[str, Any], path: Path) -> None:
         (axes[1], "classify", "jobs_per_s"),
     ):
         rows = report["scaling"][kind]
+        levels = sorted(int(level) for level in rows)
         for label in ("ceiling_in_process", "in_process_worker_threads", "batched", "unbatched"):
             axis.plot(
-                LEVELS, [rows[str(level)][label][unit] for level in LEVELS], marker="o", label=label
+                levels, [rows[str(level)][label][unit] for level in levels], marker="o", label=label
             )
         axis.set_xscale("log", base=2)
-        axis.set_xticks(LEVELS, [str(level) for level in LEVELS])
+        axis.set_xticks(levels, [str(level) for level in levels])
         axis.set_xlabel("concurrent jobs")
         axis.set_ylabel(unit.replace("_", " "))
-        generator = report["generator"]
-        models = "tiny models" if generator == "tiny" else Path(generator).name
-        axis.set_title(f"{kind} ({report['machine']['cuda'] or 'CPU'}, {models})")
+        model = report["generator"] if kind == "generate" else "tiny"
+        axis.set_title(f"{kind} ({report['machine']['cuda'] or 'CPU'}, {Path(model).name} model)")
         axis.legend()
         axis.grid(alpha=0.3)
     figure.tight_layout()

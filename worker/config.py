@@ -35,7 +35,8 @@ class WorkerSettings(CommonSettings):
         default=None,
         ge=0,
         description="Threads torch uses inside one operation; unset: on a CPU every core "
-        "but one (left to Celery), on a GPU torch's default; 0: torch's default.",
+        "but one (left to Celery) when the largest model has under 10 M parameters, every "
+        "core for larger ones; on a GPU torch's default; 0: torch's default.",
     )
     worker_concurrency: int = Field(
         default=64,
