@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import torch
@@ -535,8 +536,8 @@ def decode_steps(
     growing = fits_growing_cache(loaded.model.config)
     # A prompt's pass needs the logits of its last position only, not a vocabulary's
     # worth for every position (most models take ``logits_to_keep``).
-    takes_keep = "logits_to_keep" in inspect.signature(loaded.model.forward).parameters
-    last_logits_only = {"logits_to_keep": 1} if takes_keep else {}
+    model_class: Any = type(loaded.model)
+    last_logits_only = {"logits_to_keep": 1} if _takes_logits_to_keep(model_class) else {}
     rows.merge(prefill(0))
     joining = arrivals is not None and capacity > 1 and can_merge(rows.cache)
     waited = 0
@@ -565,6 +566,13 @@ def decode_steps(
                 yield
                 if joined := prefill(start):
                     rows.merge(joined)
+
+
+@lru_cache
+def _takes_logits_to_keep(model_class: Any) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (read once per class: a run
+    starts for every job when batching is off)."""
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def call_safely(callback: Callable[[list[int]], None], tokens: list[int]) -> None:
