@@ -9,12 +9,19 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Queue
 
+from contracts import redis_transport
 from contracts.names import DEFAULT_PRIORITY, PRIORITY_LEVELS, TASK_QUEUES, QueueName
 from contracts.settings import CommonSettings
 
 
 def is_amqp(broker_url: str) -> bool:
     return broker_url.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
+
+
+def is_redis(broker_url: str) -> bool:
+    """A plain ``redis://`` broker (``rediss://`` keeps kombu's own transport, which
+    also sets its TLS defaults by that scheme)."""
+    return broker_url.split("://", 1)[0] == "redis"
 
 
 def broker_priority(priority: int, broker_url: str) -> int:
@@ -32,6 +39,8 @@ def celery_config(settings: CommonSettings) -> dict[str, Any]:
     queue_arguments = {"x-max-priority": PRIORITY_LEVELS - 1} if is_amqp(broker_url) else None
     return {
         "broker_url": broker_url,
+        # kombu's Redis transport, reusing one client (see contracts.redis_transport).
+        "broker_transport": redis_transport.TRANSPORT if is_redis(broker_url) else None,
         "result_backend": settings.effective_result_backend,
         "task_serializer": "json",
         "result_serializer": "json",
