@@ -87,8 +87,11 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
         next step could start (and publish its start and text) before the step before it
         is seen to end. With ``parent_id``, the start waits until the parent's result is
         stored (a few milliseconds; at most ``parent_wait`` seconds, then it goes on), so
-        that whoever follows the results sees the steps in their order.
+        that whoever follows the results sees the steps in their order. A retry is sent
+        by the task itself, so it names itself as its parent: it waits for nothing.
         """
+        if parent_id == task_id:
+            parent_id = None
         result = self.encode_result(result, states.STARTED)
         deadline = time.monotonic() + parent_wait
         pause = 0.001

@@ -134,3 +134,17 @@ def test_a_step_whose_step_before_is_never_stored_starts_anyway(backends):
     )
     assert started is None
     assert celerys.get_task_meta("t-orphan")["status"] == states.STARTED
+
+
+def test_a_retry_does_not_wait_for_itself(backends, caplog):
+    """Celery sends a retry from the task itself, which it names as the parent: the
+    retry starts at once, without a warning about a step before it."""
+    ours, celerys = backends
+    ours.store_result(
+        "t-retry", {"exc": "TransientError"}, states.RETRY, request=Request("t-retry")
+    )
+    with caplog.at_level("WARNING", logger="worker.results"):
+        started = ours.store_started("t-retry", Request("t-retry"), {}, parent_id="t-retry")
+    assert started is None
+    assert celerys.get_task_meta("t-retry")["status"] == states.STARTED
+    assert not [record for record in caplog.records if "started before" in record.getMessage()]
