@@ -38,10 +38,11 @@ from functools import lru_cache
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import torch
+from transformers import Cache, DynamicCache
 
 from contracts.metrics import BATCH_SIZE, BUSY_SECONDS, TOKENS
 from worker.config import get_settings
-from worker.kv_cache import GrowingCache, can_merge, fits_growing_cache, trim_left
+from worker.kv_cache import GrowingCache, attention_layers
 from worker.metrics import tally
 from worker.models import LoadedModel, ModelRole
 
@@ -368,7 +369,7 @@ class _Rows:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.index: list[int] = []  # each row's place in the batch
-        self.cache: GrowingCache | None = None
+        self.cache: Cache | None = None
         self.mask = torch.zeros((0, 1), dtype=torch.long, device=device)
         self.positions = torch.zeros((0, 1), dtype=torch.long, device=device)
         self.next_tokens = torch.zeros((0,), dtype=torch.long, device=device)
@@ -400,7 +401,7 @@ class _Rows:
             return
         leading = int((self.mask.cumsum(dim=1) == 0).sum(dim=1).min())
         if leading >= TRIM_AT_LEAST:
-            trim_left(self.cache, leading)
+            self.cache.trim_left(leading)
             self.mask = self.mask[:, leading:]
 
     def merge(self, other: "_Rows") -> None:
@@ -520,26 +521,31 @@ def decode_steps(
         group.temperatures = torch.tensor([row.temperature for row in new], device=device)
         group.top_ps = torch.tensor([row.top_p for row in new], device=device)
         group.generators = [torch.Generator(device=device).manual_seed(row.seed) for row in new]
+        # The loop's first rows make the cache, with room for every row that may join.
+        group.cache = (
+            GrowingCache(layers, capacity if start == 0 else 0)
+            if layers is not None
+            else DynamicCache(config=loaded.model.config)
+        )
         output = loaded.model(
             input_ids=input_ids.to(device),
             attention_mask=group.mask,
             position_ids=positions,
-            # The loop's first rows make the cache, with room for every row that may join.
-            past_key_values=GrowingCache(capacity if start == 0 else 0) if growing else None,
             use_cache=True,
+            **{cache_argument: group.cache},
             **last_logits_only,
         )
-        group.cache = output.past_key_values
         advance(group, output.logits[:, -1, :])
         return group
 
-    growing = fits_growing_cache(loaded.model.config)
+    layers = attention_layers(loaded.model.config)
     # A prompt's pass needs the logits of its last position only, not a vocabulary's
     # worth for every position (most models take ``logits_to_keep``).
     model_class: Any = type(loaded.model)
-    last_logits_only = {"logits_to_keep": 1} if _takes_logits_to_keep(model_class) else {}
+    last_logits_only = {"logits_to_keep": 1} if _takes(model_class, "logits_to_keep") else {}
+    cache_argument = _cache_argument(model_class)
     rows.merge(prefill(0))
-    joining = arrivals is not None and capacity > 1 and can_merge(rows.cache)
+    joining = arrivals is not None and capacity > 1 and isinstance(rows.cache, GrowingCache)
     waited = 0
     while rows:
         yield
@@ -547,10 +553,9 @@ def decode_steps(
             input_ids=rows.next_tokens[:, None],
             attention_mask=rows.mask,
             position_ids=rows.positions,
-            past_key_values=rows.cache,
             use_cache=True,
+            **{cache_argument: rows.cache},
         )
-        rows.cache = output.past_key_values
         advance(rows, output.logits[:, -1, :])
         if not joining or arrivals is None or len(rows) >= capacity:
             continue
@@ -569,10 +574,16 @@ def decode_steps(
 
 
 @lru_cache
-def _takes_logits_to_keep(model_class: Any) -> bool:
-    """Whether the model's forward takes ``logits_to_keep`` (read once per class: a run
-    starts for every job when batching is off)."""
-    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+def _takes(model_class: Any, argument: str) -> bool:
+    """Whether the model's forward takes ``argument`` (read once per class: a run starts
+    for every job when batching is off)."""
+    return argument in inspect.signature(model_class.forward).parameters
+
+
+def _cache_argument(model_class: Any) -> str:
+    """The name under which the model's forward takes its key/value cache: ``cache`` since
+    transformers 5.24 (``past_key_values`` is deprecated there), ``past_key_values`` before."""
+    return "cache" if _takes(model_class, "cache") else "past_key_values"
 
 
 def call_safely(callback: Callable[[list[int]], None], tokens: list[int]) -> None:

@@ -1,6 +1,7 @@
 """A key/value cache for the batched decode loop that grows without copying every step,
 and takes rows in and lets them go without copying the rows that stay (continuous
-batching).
+batching). Built on transformers' public cache interface: a :class:`~transformers.Cache`
+made of our own :class:`~transformers.CacheLayerMixin` layers.
 
 transformers' :class:`~transformers.DynamicCache` concatenates each new token onto the
 whole cache, so a decode step copies every row's keys and values: at 32 rows and a
@@ -11,20 +12,28 @@ capacity): a row that joins is written into the next free one, and a row that le
 is filled by the last row (only that row moves). Selecting rows through a fancy index,
 as transformers does, copies the whole buffer: at 32 rows of 200 positions that cost
 more than a decode step, and a busy decode loop has a row leave every other step.
+
+Every layer keeps every position, sliding-window layers included: rows are aligned on
+the cache's columns (left-padded), so a row's tokens sit in consecutive columns and the
+model's sliding-window mask, which measures distances in columns, hides what is out of
+the window as it does in transformers' own sliding layers.
 """
 
-from functools import partial
 from typing import Any
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers import Cache, CacheLayerMixin
 
 #: Positions a fresh buffer has room for.
 INITIAL_ROOM = 64
 
 
-class GrowingLayer(DynamicLayer):
+class GrowingLayer(CacheLayerMixin):
+    """One attention layer's keys and values, in buffers with room to grow."""
+
+    is_sliding = False
+    is_compileable = False
+
     def __init__(self, rows_room: int = 0) -> None:
         super().__init__()
         self._key_buffer: torch.Tensor | None = None
@@ -33,18 +42,24 @@ class GrowingLayer(DynamicLayer):
         self._rows = 0
         self._rows_room = rows_room
 
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Buffers for the first states, with room for ``rows_room`` rows."""
+        self._rows = key_states.shape[0]
+        rows = max(self._rows, self._rows_room)
+        length = key_states.shape[-2]
+        self._key_buffer = _room_for(key_states, rows, length)
+        self._value_buffer = _room_for(value_states, rows, length)
+        self.device = key_states.device
+        self.is_initialized = True
+
     def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        length = self._length + key_states.shape[-2]
         if self._key_buffer is None or self._value_buffer is None:
-            self._rows = key_states.shape[0]
-            rows = max(self._rows, self._rows_room)
-            self._key_buffer = _room_for(key_states, rows, length)
-            self._value_buffer = _room_for(value_states, rows, length)
-        elif length > self._key_buffer.shape[-2]:
+            self.lazy_initialization(key_states, value_states)
+        assert self._key_buffer is not None and self._value_buffer is not None
+        length = self._length + key_states.shape[-2]
+        if length > self._key_buffer.shape[-2]:
             self._key_buffer = _moved(self._key_buffer, self._rows, self._length, length)
             self._value_buffer = _moved(self._value_buffer, self._rows, self._length, length)
         rows = self._rows
@@ -52,6 +67,22 @@ class GrowingLayer(DynamicLayer):
         self._value_buffer[:rows, :, self._length : length] = value_states
         self._length = length
         return self._refresh()
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """The mask spans every position held and the queries (no offset: nothing slides)."""
+        return self._length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self._length
+
+    def get_max_length(self) -> int:
+        return -1  # no maximum: the buffers grow
+
+    def reset(self) -> None:
+        self._key_buffer = self._value_buffer = None
+        self.keys = self.values = None
+        self._length = self._rows = 0
+        self.is_initialized = False
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Row ``i`` becomes row ``indices[i]``; only the rows that change place are
@@ -108,19 +139,24 @@ class GrowingLayer(DynamicLayer):
         return keys, values
 
 
-class GrowingCache(DynamicCache):
-    """A :class:`DynamicCache` made of :class:`GrowingLayer` layers, with room for
-    ``rows_room`` rows."""
+class GrowingCache(Cache):
+    """A :class:`~transformers.Cache` of ``layers`` :class:`GrowingLayer` layers, with
+    room for ``rows_room`` rows."""
 
-    def __init__(self, rows_room: int = 0) -> None:
-        layer: Any = partial(GrowingLayer, rows_room)  # a layer made on each layer's first update
-        Cache.__init__(self, layer_class_to_replicate=layer)
+    def __init__(self, layers: int, rows_room: int = 0) -> None:
+        super().__init__(layers=[GrowingLayer(rows_room) for _ in range(layers)])
 
     def take_rows(self, other: "GrowingCache") -> None:
         """Append ``other``'s rows (continuous batching: a prefill joins the loop)."""
         for mine, theirs in zip(self.layers, other.layers, strict=True):
             assert isinstance(mine, GrowingLayer) and isinstance(theirs, GrowingLayer)
             mine.take_rows(theirs)
+
+    def trim_left(self, count: int) -> None:
+        """Forget the oldest ``count`` positions of every layer."""
+        for layer in self.layers:
+            assert isinstance(layer, GrowingLayer)
+            layer.trim_left(count)
 
 
 def _room_for(states: torch.Tensor, rows: int, length: int) -> torch.Tensor:
@@ -150,23 +186,20 @@ def _moved(
     return bigger
 
 
-def trim_left(cache: GrowingCache, count: int) -> None:
-    for layer in cache.layers:
-        assert isinstance(layer, GrowingLayer)
-        layer.trim_left(count)
+#: The attention kinds a growing cache serves: every layer keeps keys and values for every
+#: position (recurrent states, chunked or compressed attention keep their own caches).
+GROWING_LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
 
 
-def fits_growing_cache(config: Any) -> bool:
-    """Full attention in every layer: sliding windows and hybrid models keep the cache
-    their own code builds (and so run static batches)."""
-    layer_types = getattr(config, "layer_types", None) or []
-    return not getattr(config, "sliding_window", None) and all(
-        kind == "full_attention" for kind in layer_types
-    )
-
-
-def can_merge(cache: object) -> bool:
-    """Only plain key/value layers can take rows in (not sliding windows, not states)."""
-    return isinstance(cache, GrowingCache) and all(
-        isinstance(layer, GrowingLayer) for layer in cache.layers
-    )
+def attention_layers(config: Any) -> int | None:
+    """How many layers a growing cache needs for a model of ``config``, or None when its
+    layers are not all plain attention (the model then builds its own cache and runs
+    static batches)."""
+    text_config = config.get_text_config(decoder=True)
+    layers = getattr(text_config, "num_hidden_layers", None)
+    layer_types = getattr(text_config, "layer_types", None) or []
+    if not isinstance(layers, int) or any(kind not in GROWING_LAYER_TYPES for kind in layer_types):
+        return None
+    if getattr(text_config, "num_kv_shared_layers", 0):
+        return None  # layers reading another layer's cache
+    return layers
