@@ -3,20 +3,32 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
-# torch is installed first and pinned, so that nothing pulls a CUDA build onto a CPU machine.
-# Elsewhere, point pip at a CPU build: make install TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
-TORCH_SPEC ?= torch==2.13.0
-TORCH_PIP_ARGS ?=
+# Every install comes from a lock in requirements/ (pinned, hashed; `make lock` writes them).
+# The locks name torch's CPU build (2.13.0+cpu): where it is not on disk or in a configured
+# index, point pip at PyTorch's CPU index:
+#   make install PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+PIP_ARGS ?=
 STAMP := $(VENV)/.installed
+LOCK_VENV := .cache/lock-venv
+OLDEST_VENV := .cache/oldest-venv
+LATEST_VENV := .cache/latest-venv
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-oldest test-latest lint bench lock upgrade clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+# An environment from a lock, from scratch (so that it holds the lock and nothing else),
+# with the project installed from its source tree: make_env,<venv>,<lock>
+define make_env
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --require-hashes --no-deps $(PIP_ARGS) -r $(2)
+	$(1)/bin/python -m pip install --quiet --no-deps --no-build-isolation --no-index -e .
+	$(1)/bin/python -m pip check
+endef
+
+$(STAMP): requirements/dev.txt
+	$(call make_env,$(VENV),requirements/dev.txt)
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -25,6 +37,19 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The worker's tests against the oldest transformers it supports (requirements/oldest.txt).
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/python -m pytest tests/worker $(PYTEST_ARGS)
+
+$(OLDEST_VENV)/.installed: requirements/oldest.txt
+	$(call make_env,$(OLDEST_VENV),requirements/oldest.txt)
+	touch $@
+
+# The upgrade canary: the newest releases the ranges allow (not the lock), in a throwaway
+# environment; runs the worker and contract tests and prints what breaks.
+test-latest:
+	$(PYTHON) -m tools.latest --venv $(LATEST_VENV) $(PIP_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -32,6 +57,20 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Refresh the locks: `lock` keeps the pins the ranges still allow, `upgrade` takes the
+# newest releases. Commit the result on its own, after `make test` passes on it.
+lock: $(LOCK_VENV)/.installed
+	$(LOCK_VENV)/bin/python -m tools.lock
+
+upgrade: $(LOCK_VENV)/.installed
+	$(LOCK_VENV)/bin/python -m tools.lock --upgrade
+
+$(LOCK_VENV)/.installed: requirements/tools.txt
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements/tools.txt
+	touch $@
 
 clean:
 	rm -rf $(VENV) .cache test-artifacts .pytest_cache .mypy_cache .ruff_cache

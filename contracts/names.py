@@ -59,3 +59,9 @@ TASK_QUEUES: dict[TaskName, QueueName] = {
 #: Client-facing priorities: 0 (least urgent) to 9 (most urgent).
 PRIORITY_LEVELS = 10
 DEFAULT_PRIORITY = 5
+
+
+#: Redis hash of the workers that refused to start (hostname: why, in one line), read by
+#: /readyz; a worker's entry goes when it starts, and the hash expires after a day.
+WORKER_REFUSALS_KEY = "llm-tasks:worker-refusals"
+WORKER_REFUSALS_TTL = 24 * 3600

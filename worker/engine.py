@@ -35,6 +35,7 @@ from typing import Any
 
 from worker.batching import call_safely
 from worker.errors import TransientError
+from worker.models import ModelRefused
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,9 @@ class InferenceProcess:
             kind, detail = mine.recv()
         except EOFError:
             kind, detail = "failed", "it exited"
+        if kind == "refused":
+            process.join(5)
+            raise ModelRefused(detail)
         if kind != "ready":
             process.join(5)
             detail = f"{detail} (exit code {process.exitcode})"
@@ -302,6 +306,9 @@ def serve(conn: Connection, initializer: Initializer | None) -> None:
         if initializer is not None:
             initializer()
         server = _Server(conn)
+    except ModelRefused as refused:
+        conn.send(("refused", str(refused)))
+        return
     except Exception as error:
         logging.getLogger(__name__).exception("the inference process could not start")
         conn.send(("failed", f"{type(error).__name__}: {error}"))

@@ -22,7 +22,7 @@ the window as it does in transformers' own sliding layers.
 from typing import Any
 
 import torch
-from transformers import Cache, CacheLayerMixin
+from transformers.cache_utils import Cache, CacheLayerMixin
 
 #: Positions a fresh buffer has room for.
 INITIAL_ROOM = 64
@@ -36,6 +36,8 @@ class GrowingLayer(CacheLayerMixin):
 
     def __init__(self, rows_room: int = 0) -> None:
         super().__init__()
+        self.keys: torch.Tensor | None = None  # views of the buffers' filled part
+        self.values: torch.Tensor | None = None
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
         self._length = 0

@@ -10,11 +10,15 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -29,6 +33,51 @@ class ModelRole(StrEnum):
     GENERATOR = "generator"
     CLASSIFIER = "classifier"
     SUMMARIZER = "summarizer"
+
+
+#: What each role needs, in the words of the refusal.
+_EXPECTED = {
+    ModelRole.GENERATOR: "a causal language model (a decoder: GPT-2, Llama, Qwen, Mistral…)",
+    ModelRole.CLASSIFIER: "a model with a sequence-classification head "
+    "(such as distilbert/distilbert-base-uncased-finetuned-sst-2-english)",
+    ModelRole.SUMMARIZER: "a seq2seq (encoder-decoder) model such as BART or T5",
+}
+
+
+class ModelRefused(Exception):
+    """A configured model that cannot serve its role: the worker does not start with it.
+    The message is one line naming the setting, the model and what was expected."""
+
+    @classmethod
+    def of(cls, role: ModelRole, name: str, problem: str) -> "ModelRefused":
+        return cls(f"{setting_name(role)}={name}: {problem}; expected {_EXPECTED[role]}")
+
+
+def setting_name(role: ModelRole) -> str:
+    """The environment variable that names the role's model."""
+    return f"LLM_TASKS_{role.upper()}_MODEL"
+
+
+def role_problem(role: ModelRole, config: PretrainedConfig) -> str | None:
+    """Why a model of ``config`` cannot serve ``role``, or None when it can."""
+    kind, architectures = config.model_type, list(config.architectures or [])
+    if role is ModelRole.GENERATOR:
+        if config.is_encoder_decoder:
+            return f"a {kind} model is a seq2seq (encoder-decoder) model"
+        if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+            return f"a {kind} model has no causal language-model class in transformers"
+    elif role is ModelRole.SUMMARIZER:
+        if (
+            not config.is_encoder_decoder
+            or type(config) not in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING
+        ):
+            return f"a {kind} model is not a seq2seq (encoder-decoder) model"
+    elif type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+        return f"a {kind} model has no sequence-classification class in transformers"
+    elif not any(name.endswith("ForSequenceClassification") for name in architectures):
+        saved = ", ".join(architectures) or "no architecture"
+        return f"its checkpoint ({saved}) has no sequence-classification head"
+    return None
 
 
 _AUTO_CLASSES = {
@@ -125,29 +174,65 @@ class ModelRegistry:
                 self._models[role] = loaded
             return loaded
 
+    def check(self, role: ModelRole) -> None:
+        """Refuse (:class:`ModelRefused`) a model that cannot be read or cannot serve
+        ``role``, from its configuration alone (no weights are loaded)."""
+        self._config(role)
+
     def card(self, role: ModelRole) -> ModelCard:
         """The model's tokenizer and window, without loading its weights."""
         if (loaded := self._models.get(role)) is not None:
             return ModelCard(role, loaded.name, loaded.tokenizer, loaded.context_window)
         source = self.source(role)
+        config = self._config(role)
         tokenizer = _tokenizer(role, source)
-        config = AutoConfig.from_pretrained(source)
         return ModelCard(role, self.model_name(role), tokenizer, context_window(config, tokenizer))
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._models.values())
 
+    def _config(self, role: ModelRole) -> PretrainedConfig:
+        name, source = self.model_name(role), self.source(role)
+        if isinstance(source, str) and _looks_like_a_path(source) and not Path(source).is_dir():
+            raise ModelRefused.of(role, name, "no such folder")
+        try:
+            config: PretrainedConfig = AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ModelRefused.of(role, name, f"cannot be read ({reason})") from error
+        if (problem := role_problem(role, config)) is not None:
+            raise ModelRefused.of(role, name, problem)
+        return config
+
     def _load(self, role: ModelRole) -> LoadedModel:
         started = time.perf_counter()
+        self._config(role)
         source = self.source(role)
         device, dtype = resolve_device(self._settings.device)
         tokenizer = _tokenizer(role, source)
-        model = _AUTO_CLASSES[role].from_pretrained(source, dtype=dtype)
+        model, report = _AUTO_CLASSES[role].from_pretrained(
+            source, dtype=dtype, output_loading_info=True
+        )
+        # Weights the checkpoint lacks (or has in another shape) would be initialized at
+        # random: a model that writes noise without a word. Refuse it instead.
+        if missing := [*report["missing_keys"], *report["mismatched_keys"]]:
+            named = ", ".join(str(key) for key in list(missing)[:3])
+            raise ModelRefused.of(
+                role,
+                self.model_name(role),
+                f"the checkpoint lacks {len(missing)} of the model's weights ({named}), "
+                "which would be initialized at random",
+            )
         model.to(device)
         model.eval()
         seconds = time.perf_counter() - started
         logger.info("loaded %s model %s on %s (%s) in %.2fs", role, source, device, dtype, seconds)
         return LoadedModel(role, self.model_name(role), model, tokenizer, device, seconds)
+
+
+def _looks_like_a_path(source: str) -> bool:
+    """A local folder rather than a hub id (``owner/name``)."""
+    return source.startswith(("/", "./", "../", "~")) or Path(source).exists()
 
 
 def _tokenizer(role: ModelRole, source: str | Path) -> PreTrainedTokenizerBase:

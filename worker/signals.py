@@ -1,19 +1,32 @@
-"""Worker lifecycle hooks: preload the models when the worker starts, count expired jobs,
-and log in the configured format."""
+"""Worker lifecycle hooks: refuse models that cannot serve their role, preload the models
+when the worker starts, count expired jobs, and log in the configured format."""
 
 import logging
+import os
+import signal
+import socket
 import threading
 from typing import Any
 
-from celery.signals import after_setup_logger, after_setup_task_logger, task_revoked, worker_ready
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    task_revoked,
+    worker_init,
+    worker_ready,
+)
 
 from contracts.logs import formatter
+from contracts.names import WORKER_REFUSALS_KEY, WORKER_REFUSALS_TTL
 from worker.config import get_settings
 from worker.engine import inference_process
 from worker.inference import served
-from worker.jobs import end_job
+from worker.jobs import end_job, registry_redis
 from worker.metrics import start_flushing
-from worker.models import ModelRole
+from worker.models import ModelRefused, ModelRole, get_registry
+
+#: The exit status of a worker that refuses its configuration (sysexits' EX_CONFIG).
+EX_CONFIG = 78
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +58,35 @@ def flush_metrics(**_: Any) -> None:
     start_flushing()
 
 
+@worker_init.connect
+def refuse_wrong_models(sender: Any = None, **_: Any) -> None:
+    """Before it consumes anything, the worker reads every model's configuration: one that
+    cannot serve its role (a seq2seq model as the generator, a classifier without its
+    head, a folder that does not exist) stops it, with one line saying why."""
+    hostname = getattr(sender, "hostname", None) or socket.gethostname()
+    try:
+        for role in ModelRole:
+            get_registry().check(role)
+    except ModelRefused as refused:
+        refuse(hostname, refused)
+        raise SystemExit(EX_CONFIG) from None
+    with registry_redis() as client:
+        client.hdel(WORKER_REFUSALS_KEY, hostname)
+
+
+def refuse(hostname: str, refused: ModelRefused) -> None:
+    """Log the refusal and leave it where /readyz reads it."""
+    logger.critical("worker %s refuses to start: %s", hostname, refused)
+    try:
+        with registry_redis() as client:
+            client.hset(WORKER_REFUSALS_KEY, hostname, str(refused))
+            client.expire(WORKER_REFUSALS_KEY, WORKER_REFUSALS_TTL)
+    except Exception as error:
+        logger.warning("the refusal could not be recorded in Redis: %s", error)
+
+
 @worker_ready.connect
-def preload_models(**_: Any) -> None:
+def preload_models(sender: Any = None, **_: Any) -> None:
     """Load the models now (in the inference process, unless it is turned off), not when
     the first task needs them."""
     if not get_settings().preload_models:
@@ -58,6 +98,10 @@ def preload_models(**_: Any) -> None:
                 inference_process().start()
             for role in ModelRole:
                 served(role)
+        except ModelRefused as refused:
+            # A checkpoint that lacks weights: found only once it loads.
+            refuse(getattr(sender, "hostname", None) or socket.gethostname(), refused)
+            os.kill(os.getpid(), signal.SIGTERM)  # the worker's warm shutdown
         except Exception:
             logger.exception("could not preload the models")
 

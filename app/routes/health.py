@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import CeleryDep, RedisDep
 from app.errors import problem
+from contracts.names import WORKER_REFUSALS_KEY
 
 
 def _ping_workers(celery: Celery) -> list[dict[str, object]]:
@@ -29,16 +30,26 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"content": {"application/problem+json": {}}}})
 async def readyz(redis: RedisDep, celery: CeleryDep) -> JSONResponse:
-    """Redis answers and at least one worker replies to a ping."""
+    """Redis answers and at least one worker replies to a ping; workers that refused to
+    start (a model that cannot serve its role) are listed with the reason."""
     try:
         await redis.ping()
+        refusals = await redis.hgetall(WORKER_REFUSALS_KEY)
     except Exception as error:
         return problem(503, "Not ready", f"Redis is unreachable: {error}")
+    refused = {_text(host): _text(why) for host, why in sorted(refusals.items())}
     try:
         replies = await run_in_threadpool(_ping_workers, celery)
     except (OperationalError, OSError) as error:
         return problem(503, "Not ready", f"The broker is unreachable: {error}")
     if not replies:
-        return problem(503, "Not ready", "No worker answered a ping within 1 s.")
+        detail = "No worker answered a ping within 1 s."
+        if refused:
+            detail += " Refused to start: " + "; ".join(f"{h}: {w}" for h, w in refused.items())
+        return problem(503, "Not ready", detail, refused=refused)
     workers = sorted(name for reply in replies for name in reply)
-    return JSONResponse({"status": "ready", "workers": workers})
+    return JSONResponse({"status": "ready", "workers": workers, "refused": refused})
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

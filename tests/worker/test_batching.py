@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.arrivals import Scripted
 from worker.batching import (
     LARGE_MODEL_PARAMETERS,
     TORCH_THREADS,
@@ -169,24 +170,6 @@ def test_a_request_joins_a_running_decode_loop(generator: LoadedModel):
         DecodeRow(context(generator, "A long story begins"), 120, 0.8, 0.95, seed=1)
     )
     assert long_result.result().tokens == long_alone.tokens
-
-
-class Scripted:
-    """Arrivals for a decode loop: each row becomes waiting at its own step."""
-
-    def __init__(self, rows: list[tuple[int, DecodeRow]]) -> None:
-        self.step = 0
-        self.pending = [(step, Pending(row)) for step, row in rows]
-        self.taken: list[Pending] = []
-
-    def waiting(self) -> int:
-        return sum(step <= self.step for step, _ in self.pending)
-
-    def take(self, limit: int) -> list[Pending]:
-        ready = [p for step, p in self.pending if step <= self.step][:limit]
-        self.pending = [(step, p) for step, p in self.pending if p not in ready]
-        self.taken += ready
-        return ready
 
 
 def test_rows_that_join_and_leave_a_busy_loop_keep_their_tokens(generator: LoadedModel):

@@ -1,12 +1,14 @@
+import json
 import shutil
 import threading
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoConfig, AutoTokenizer, DistilBertModel
 
 from worker.config import WorkerSettings
-from worker.models import ModelRegistry, ModelRole, resolve_device
+from worker.models import ModelRefused, ModelRegistry, ModelRole, resolve_device
 
 
 def registry(cache_dir: Path, **overrides: str) -> ModelRegistry:
@@ -74,3 +76,55 @@ def test_a_local_path_goes_through_the_same_loading_code(cache_dir: Path, tmp_pa
 def test_a_hub_id_is_passed_through_untouched(cache_dir: Path):
     models = registry(cache_dir, generator_model="gpt2")
     assert models.source(ModelRole.GENERATOR) == "gpt2"
+
+
+def refusal(models: ModelRegistry, role: ModelRole) -> str:
+    with pytest.raises(ModelRefused) as refused:
+        models.check(role)
+    with pytest.raises(ModelRefused):
+        models.get(role)  # nor loaded on first use
+    return str(refused.value)
+
+
+def test_a_seq2seq_model_is_refused_as_the_generator(cache_dir: Path):
+    bart = str(registry(cache_dir).source(ModelRole.SUMMARIZER))
+    message = refusal(registry(cache_dir, generator_model=bart), ModelRole.GENERATOR)
+    assert message == (
+        f"LLM_TASKS_GENERATOR_MODEL={bart}: a bart model is a seq2seq (encoder-decoder) model; "
+        "expected a causal language model (a decoder: GPT-2, Llama, Qwen, Mistral…)"
+    )
+
+
+def test_a_decoder_is_refused_as_the_summarizer(cache_dir: Path):
+    gpt2 = str(registry(cache_dir).source(ModelRole.GENERATOR))
+    message = refusal(registry(cache_dir, summarizer_model=gpt2), ModelRole.SUMMARIZER)
+    assert message.startswith(f"LLM_TASKS_SUMMARIZER_MODEL={gpt2}: a gpt2 model is not a seq2seq")
+
+
+def test_a_classifier_without_its_head_is_refused(cache_dir: Path):
+    gpt2 = str(registry(cache_dir).source(ModelRole.GENERATOR))
+    message = refusal(registry(cache_dir, classifier_model=gpt2), ModelRole.CLASSIFIER)
+    assert f"LLM_TASKS_CLASSIFIER_MODEL={gpt2}: its checkpoint (GPT2LMHeadModel)" in message
+    assert "expected a model with a sequence-classification head" in message
+
+
+def test_a_checkpoint_missing_weights_is_refused_not_initialized_at_random(
+    cache_dir: Path, tmp_path: Path
+):
+    """A base model's weights under a classifier's name: the head would be random."""
+    source = registry(cache_dir).source(ModelRole.CLASSIFIER)
+    DistilBertModel(AutoConfig.from_pretrained(source)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["architectures"] = ["DistilBertForSequenceClassification"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    AutoTokenizer.from_pretrained(source).save_pretrained(tmp_path)
+    models = registry(cache_dir, classifier_model=str(tmp_path))
+    models.check(ModelRole.CLASSIFIER)  # its configuration is fine
+    with pytest.raises(ModelRefused, match="the checkpoint lacks 4 of the model's weights"):
+        models.get(ModelRole.CLASSIFIER)
+
+
+def test_a_folder_that_does_not_exist_is_refused(cache_dir: Path, tmp_path: Path):
+    missing = str(tmp_path / "nowhere")
+    message = refusal(registry(cache_dir, generator_model=missing), ModelRole.GENERATOR)
+    assert message.startswith(f"LLM_TASKS_GENERATOR_MODEL={missing}: no such folder; expected")

@@ -1,0 +1,110 @@
+"""``make lock`` and ``make upgrade``: the lock files in ``requirements/``, one per
+environment, compiled by pip-tools with a hash for every file.
+
+``pyproject.toml`` says what the project supports (ranges); a lock says what an
+environment runs: every package, pinned and hashed, resolved for CPython 3.11 on Linux
+x86_64 (this machine, CI and the images). ``make lock`` keeps the pins the ranges still
+allow and resolves what changed; ``make upgrade`` takes the newest releases the ranges
+allow. Either is a commit of its own, after the whole suite has run on it.
+
+``python -m tools.lock [--upgrade] [name ...]`` (run from the lock tool's environment,
+``.cache/lock-venv``).
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIREMENTS = ROOT / "requirements"
+PROJECT = "llm-tasks"
+
+
+@dataclass(frozen=True)
+class Lock:
+    """One environment's lock: the project's extras and any further inputs."""
+
+    extras: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
+    constraints: tuple[str, ...] = ()
+    #: Resolved against PyPI alone, so that torch is PyPI's Linux build (with CUDA)
+    #: rather than the CPU build this machine keeps on disk.
+    pypi_only: bool = False
+    project: bool = True
+
+
+LOCKS = {
+    # `make install` and CI: every extra (API, worker, client, the suite and its tools).
+    "dev": Lock(("api", "worker", "client", "dev")),
+    "api": Lock(("api",)),  # Dockerfile.api
+    "worker": Lock(("worker",)),  # Dockerfile.worker on a CPU host (TORCH=cpu)
+    "worker-cuda": Lock(("worker",), pypi_only=True),  # Dockerfile.worker on a GPU host
+    "client": Lock(("client",)),  # the client alone (its install test)
+    # The oldest transformers the worker supports, for tests/worker (CI's second environment).
+    "oldest": Lock(("worker", "test"), constraints=("requirements/oldest.in",)),
+    # The lock tool itself.
+    "tools": Lock((), inputs=("requirements/tools.in",), project=False),
+}
+
+
+def compile_lock(name: str, lock: Lock, *, upgrade: bool) -> None:
+    output = REQUIREMENTS / f"{name}.txt"
+    command = [
+        sys.executable, "-m", "piptools", "compile", "--quiet", "--generate-hashes",
+        "--allow-unsafe", "--strip-extras", "--no-emit-index-url", "--no-emit-find-links",
+        "--output-file", str(output.relative_to(ROOT)),
+    ]  # fmt: skip
+    if upgrade:
+        command.append("--upgrade")
+    for extra in lock.extras:
+        command += ["--extra", extra]
+    for constraint in lock.constraints:
+        command += ["--constraint", constraint]
+    if lock.project:
+        # The build backend too: the project is installed without build isolation.
+        command += ["--build-deps-for", "editable", "--build-deps-for", "wheel", "pyproject.toml"]
+    command += list(lock.inputs)
+    env = os.environ | {"CUSTOM_COMPILE_COMMAND": "make lock"}
+    if lock.pypi_only:
+        # No pip configuration: no local wheel folders or mirrors, PyPI's files only.
+        env = {k: v for k, v in env.items() if not k.startswith("PIP_")}
+        env["PIP_CONFIG_FILE"] = os.devnull
+    print(f"locking {output.relative_to(ROOT)}", flush=True)
+    subprocess.run(command, cwd=ROOT, env=env, check=True)
+    output.write_text(without_project(output.read_text()))
+
+
+def without_project(lock_text: str) -> str:
+    """The lock without the project's own entry (pip-tools lists it when an extra names
+    another extra of the project): the project is installed from its source tree."""
+    kept: list[str] = []
+    skipping = False
+    for line in lock_text.splitlines():
+        if line.startswith(f"{PROJECT} @ "):
+            skipping = True
+            while kept and (kept[-1].startswith("# WARNING") or "hashable URL" in kept[-1]):
+                kept.pop()
+            continue
+        if skipping and line.startswith("    "):
+            continue
+        skipping = False
+        kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--upgrade", action="store_true", help="the newest releases allowed")
+    parser.add_argument("names", nargs="*", help=f"of {', '.join(LOCKS)} (default: all)")
+    arguments = parser.parse_args()
+    if unknown := set(arguments.names) - set(LOCKS):
+        parser.error(f"no such lock: {', '.join(sorted(unknown))}")
+    for name in arguments.names or LOCKS:
+        compile_lock(name, LOCKS[name], upgrade=arguments.upgrade)
+
+
+if __name__ == "__main__":
+    main()
