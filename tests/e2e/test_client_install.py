@@ -1,5 +1,6 @@
-"""The client installs alone (``pip install "llm-tasks[client]"`` in a fresh virtualenv:
-no torch, Celery, Redis or FastAPI) and from there watches a story job live."""
+"""The client installs alone (its lock, ``requirements/client.txt``, then the project, in a
+fresh virtualenv: no torch, Celery, Redis or FastAPI) and from there watches a story job
+live."""
 
 import subprocess
 import sys
@@ -17,11 +18,15 @@ SERVICE_ONLY = {"torch", "transformers", "celery", "kombu", "redis", "fastapi", 
 def test_the_client_installs_alone_and_watches_a_story(api_url: str, tmp_path: Path):
     venv = tmp_path / "client-venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=60)
-    installed = subprocess.run(
-        [venv / "bin" / "pip", "install", "--quiet", f"{ROOT}[client]"],
-        capture_output=True, text=True, timeout=600, env=clean_env(),
-    )  # fmt: skip
-    assert installed.returncode == 0, installed.stderr
+    pip = [venv / "bin" / "pip", "install", "--quiet", "--no-deps"]
+    for arguments in (
+        ["--require-hashes", "-r", str(ROOT / "requirements" / "client.txt")],  # the lock
+        ["--no-build-isolation", "--no-index", str(ROOT)],  # then the project alone
+    ):
+        installed = subprocess.run(
+            [*pip, *arguments], capture_output=True, text=True, timeout=600, env=clean_env()
+        )
+        assert installed.returncode == 0, installed.stderr
     freeze = subprocess.run(
         [venv / "bin" / "pip", "freeze"], capture_output=True, text=True, check=True
     ).stdout
