@@ -10,8 +10,8 @@ PORT ?= 8000
 PIP_ARGS ?=
 STAMP := $(VENV)/.installed
 LOCK_VENV := .cache/lock-venv
-OLDEST_VENV := .cache/oldest-venv
-LATEST_VENV := .cache/latest-venv
+OLDEST_VENV := .venv-oldest
+LATEST_VENV := .venv-latest
 
 .PHONY: install run test test-oldest test-latest lint bench lock upgrade clean
 
@@ -73,4 +73,4 @@ $(LOCK_VENV)/.installed: requirements/tools.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) .cache test-artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST_VENV) $(LATEST_VENV) .cache test-artifacts .pytest_cache .mypy_cache .ruff_cache

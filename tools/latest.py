@@ -46,7 +46,7 @@ def newer_than_lock(locked: dict[str, str], installed: dict[str, str]) -> list[s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--venv", type=Path, default=ROOT / ".cache" / "latest-venv")
+    parser.add_argument("--venv", type=Path, default=ROOT / ".venv-latest")
     arguments, pip_arguments = parser.parse_known_args()
     venv: Path = arguments.venv
     python = str(venv / "bin" / "python")
