@@ -7,9 +7,16 @@ job's step updates into the events of the API contract (``status``, ``progress``
 ``output``, ``done``). Each stream subscribes first and reads the job after, so no
 update falls between the two.
 
-Event ids are ``<n>-<chars of step 1>.<chars of step 2>…``: ``n`` increases by one per
-event, and the character counts say how much of each step's text the client has. A
-client that reconnects with ``Last-Event-ID`` gets exactly the text it missed.
+Event ids are ``<n>-<step 1>.<step 2>…``: ``n`` increases by one per event, and each
+step's part says how much of its text the client has — ``<chars>``, or
+``<attempt>:<chars>`` once a step runs again. A client that reconnects with
+``Last-Event-ID`` gets exactly the text it missed.
+
+A step that runs again (a retry, or a redelivery after its worker died) writes its text
+from the start, maybe a different one. The first ``output`` event of the new attempt says
+``"reset": true`` and carries its whole text so far: the client drops the step's text and
+starts again from that delta. Every ``output`` event names its ``attempt``, so the deltas
+of a step's last attempt add up to its final text.
 """
 
 import asyncio
@@ -29,11 +36,44 @@ from contracts.jobs import JobPublic, JobStatus
 
 logger = logging.getLogger(__name__)
 
-Inbox = asyncio.Queue[tuple[str, bytes]]
 #: How long a new stream waits for Redis to confirm its subscriptions.
 SUBSCRIBE_TIMEOUT = 5.0
-#: Put in every inbox when the pub/sub connection is lost: those streams end with an error.
+#: What an inbox answers once the pub/sub connection is lost: the stream ends with an error.
 CONNECTION_LOST = ("", b"")
+
+
+class Inbox:
+    """A stream's pending messages: the newest of each channel, in order of arrival.
+
+    Every message is a task's whole state (its text so far included), so a newer one
+    makes an older one of the same channel useless: a client that reads slowly costs one
+    pending state per step of its job, not a queue of every update.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, bytes] = {}
+        self._lost = False
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def put(self, channel: str, data: bytes) -> None:
+        self._pending[channel] = data  # an older one keeps its place and is replaced
+        self._ready.set()
+
+    def lose(self) -> None:
+        self._lost = True
+        self._ready.set()
+
+    async def get(self) -> tuple[str, bytes]:
+        while not self._pending and not self._lost:
+            self._ready.clear()
+            await self._ready.wait()
+        if self._lost:
+            return CONNECTION_LOST
+        channel = next(iter(self._pending))
+        return channel, self._pending.pop(channel)
 
 
 class EventHub:
@@ -64,6 +104,10 @@ class EventHub:
     def streams(self) -> int:
         return len({id(inbox) for inbox in self._inboxes()})
 
+    def pending(self) -> int:
+        """Messages waiting for their streams to send them (at most one per step each)."""
+        return sum(len(inbox) for inbox in {id(i): i for i in self._inboxes()}.values())
+
     def _inboxes(self) -> list[Inbox]:
         return [inbox for listeners in self._listeners.values() for inbox in listeners]
 
@@ -72,7 +116,7 @@ class EventHub:
         with a fresh pub/sub (it connects again with the next subscription)."""
         async with self._lock:
             for inbox in {id(inbox): inbox for inbox in self._inboxes()}.values():
-                inbox.put_nowait(CONNECTION_LOST)
+                inbox.lose()
             self._listeners.clear()
             self._confirmed.clear()
             old, self._pubsub = self._pubsub, self._redis.pubsub()
@@ -82,7 +126,7 @@ class EventHub:
     @contextlib.asynccontextmanager
     async def subscription(self, channels: list[str]) -> AsyncIterator[Inbox]:
         """Messages of ``channels`` until the block ends; subscribed when it begins."""
-        inbox: Inbox = asyncio.Queue()
+        inbox = Inbox()
         try:
             await self._add(channels, inbox)
             yield inbox
@@ -153,33 +197,43 @@ class EventHub:
                     confirmed.set()
             elif message["type"] == "message":
                 for inbox in self._listeners.get(channel, ()):
-                    inbox.put_nowait((channel, message["data"]))
+                    inbox.put(channel, message["data"])
 
 
 @dataclass
 class Cursor:
-    """What this client has been sent: the event count and each step's text length."""
+    """What this client has been sent: the event count, and for each step the attempt
+    whose text it has and how many characters of it."""
 
     sent: list[int]
+    attempts: list[int]
     seq: int = 0
     progress: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def fresh(cls, steps: int) -> "Cursor":
+        return cls(sent=[0] * steps, attempts=[0] * steps)
 
     @classmethod
     def resume(cls, last_event_id: str | None, steps: int) -> "Cursor":
         try:
             seq, offsets = (last_event_id or "").split("-", 1)
-            sent = [int(part) for part in offsets.split(".")]
-            if len(sent) == steps and all(n >= 0 for n in sent):
-                return cls(sent=sent, seq=int(seq))
+            parts = [part.partition(":") for part in offsets.split(".")]
+            attempts = [int(attempt) if sep else 0 for attempt, sep, _ in parts]
+            sent = [int(chars if sep else attempt) for attempt, sep, chars in parts]
+            if len(sent) == steps and all(n >= 0 for n in sent + attempts):
+                return cls(sent=sent, attempts=attempts, seq=int(seq))
         except ValueError:
             pass
-        return cls(sent=[0] * steps)
+        return cls.fresh(steps)
 
     def event(self, name: str, data: Any) -> ServerSentEvent:
         self.seq += 1
-        return ServerSentEvent(
-            event=name, data=data, id=f"{self.seq}-{'.'.join(map(str, self.sent))}"
+        parts = (
+            f"{attempt}:{chars}" if attempt > 1 else str(chars)
+            for attempt, chars in zip(self.attempts, self.sent, strict=True)
         )
+        return ServerSentEvent(event=name, data=data, id=f"{self.seq}-{'.'.join(parts)}")
 
 
 def step_text(meta: dict[str, Any] | None) -> str | None:
@@ -199,11 +253,29 @@ def _output(
     cursor: Cursor, index: int, step: str, meta: dict[str, Any] | None
 ) -> Iterator[ServerSentEvent]:
     text = step_text(meta)
-    if text is None or len(text) <= cursor.sent[index]:
+    if text is None or meta is None:
+        return
+    attempt = meta.get("attempt")
+    attempt = attempt if isinstance(attempt, int) else 0
+    # The attempt whose text this client has: a bare character count means the first.
+    known = cursor.attempts[index] or (1 if cursor.sent[index] else 0)
+    if attempt and attempt < known:
+        return  # a late word from an attempt that was given up
+    if attempt > known:
+        cursor.attempts[index] = attempt
+        if known:
+            # A new attempt writes its text from the start: say so, and send all of it.
+            cursor.sent[index] = len(text)
+            yield cursor.event(
+                "output", {"delta": text, "step": step, "attempt": attempt, "reset": True}
+            )
+            return
+    if len(text) <= cursor.sent[index]:
         return
     delta = text[cursor.sent[index] :]
     cursor.sent[index] = len(text)
-    yield cursor.event("output", {"delta": delta, "step": step})
+    attempt = cursor.attempts[index] or 1
+    yield cursor.event("output", {"delta": delta, "step": step, "attempt": attempt})
 
 
 def _progress(

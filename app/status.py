@@ -112,8 +112,9 @@ def build_job(
         statuses = [JobStatus.EXPIRED] * len(statuses)
     status = job_status(statuses)
     if status is JobStatus.FAILED:
-        # Steps a failure left unstarted will never run: Celery fails them too, a moment later.
-        statuses = [JobStatus.FAILED if s is JobStatus.QUEUED else s for s in statuses]
+        # Steps a failure left unstarted never run: a chain stops there, and the workers
+        # skip (and stop) the other steps of a group or chord whose job failed.
+        statuses = [JobStatus.CANCELED if s is JobStatus.QUEUED else s for s in statuses]
 
     steps = [
         StepPublic(name=step.name, status=state, progress=task_progress(meta))
@@ -137,8 +138,9 @@ def build_job(
     if status is JobStatus.SUCCEEDED:
         output = output_of(record.kind, record.input, [meta["result"] for meta in metas if meta])
     elif status is JobStatus.FAILED:
-        failed = metas[statuses.index(JobStatus.FAILED)]
-        assert failed is not None
+        # The first step, in the job's order, that failed by itself (whatever the order
+        # of the others: queued, running, canceled by the failure, or succeeded).
+        failed = next(m for m in metas if m is not None and step_status(m) is JobStatus.FAILED)
         error = task_error(failed)
         finished_at = _done_at(failed)
     elif status is JobStatus.CANCELED:

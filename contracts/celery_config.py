@@ -18,12 +18,6 @@ def is_amqp(broker_url: str) -> bool:
     return broker_url.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
 
 
-def is_redis(broker_url: str) -> bool:
-    """A plain ``redis://`` broker (``rediss://`` keeps kombu's own transport, which
-    also sets its TLS defaults by that scheme)."""
-    return broker_url.split("://", 1)[0] == "redis"
-
-
 def broker_priority(priority: int, broker_url: str) -> int:
     """Map a client priority (9 = most urgent) to the broker's own convention.
 
@@ -39,8 +33,6 @@ def celery_config(settings: CommonSettings) -> dict[str, Any]:
     queue_arguments = {"x-max-priority": PRIORITY_LEVELS - 1} if is_amqp(broker_url) else None
     return {
         "broker_url": broker_url,
-        # kombu's Redis transport, reusing one client (see contracts.redis_transport).
-        "broker_transport": redis_transport.TRANSPORT if is_redis(broker_url) else None,
         "result_backend": settings.effective_result_backend,
         "task_serializer": "json",
         "result_serializer": "json",
@@ -85,7 +77,10 @@ def celery_config(settings: CommonSettings) -> dict[str, Any]:
 
 
 def create_celery_app(main: str, settings: CommonSettings) -> Celery:
-    """A Celery app configured from ``settings``; creating it opens no connection."""
+    """A Celery app configured from ``settings``; creating it opens no connection.
+    ``redis://`` brokers use :mod:`contracts.redis_transport` (one client per channel,
+    visibility extended while a message is held)."""
+    redis_transport.register()
     app = Celery(main)
     app.conf.update(celery_config(settings))
     return app

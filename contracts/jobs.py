@@ -39,7 +39,7 @@ SECONDS_CEILING = 365 * 86400
 
 
 class JobOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     priority: int = Field(
         default=DEFAULT_PRIORITY,
@@ -231,6 +231,11 @@ def owner_index_key(owner: str) -> str:
 def task_key(task_id: str) -> str:
     """Which job a Celery task belongs to, for the worker that runs it."""
     return f"llm_tasks:task:{task_id}"
+
+
+def lease_key(task_id: str) -> str:
+    """The lease of a running step: which worker runs it now (see worker.leases)."""
+    return f"llm_tasks:lease:{task_id}"
 
 
 def attempts_field(task_id: str) -> str:

@@ -40,7 +40,8 @@ _SEED_DOC = "Fixes the sampling: the same seed gives the same text."
 
 
 class Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a boolean is not a number, "5" is not 5 (an integer still counts as a float).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # --- inputs -----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ class CommonSettings(BaseSettings):
         default=3600,
         ge=10,
         description="Seconds before an unacknowledged message is delivered again (Redis broker). "
-        "Must exceed the longest job.",
+        "A worker that holds a message keeps extending it, so jobs and delays may be longer.",
     )
     result_expires: int = Field(
         default=86400, ge=60, description="Seconds a job and its results are kept."
@@ -50,8 +50,9 @@ class CommonSettings(BaseSettings):
     )
     max_delay_seconds: int | None = Field(
         default=None,
-        description="Longest delay_seconds accepted; defaults to just under VISIBILITY_TIMEOUT "
-        "(a longer countdown would be delivered twice by the Redis broker).",
+        ge=0,
+        description="Longest delay_seconds accepted; defaults to half of RESULT_EXPIRES (a "
+        "delayed job still has half its life to run and be read).",
     )
 
     @property
@@ -64,6 +65,6 @@ class CommonSettings(BaseSettings):
 
     @property
     def delay_limit(self) -> int:
-        """Longest countdown that cannot outlive the broker's visibility timeout."""
-        ceiling = self.visibility_timeout - 5
-        return min(self.max_delay_seconds, ceiling) if self.max_delay_seconds else ceiling
+        """Longest countdown accepted: a job must not expire before it starts."""
+        ceiling = self.result_expires // 2
+        return ceiling if self.max_delay_seconds is None else min(self.max_delay_seconds, ceiling)

@@ -9,7 +9,7 @@
 
 from contracts.jobs import JobPage, JobPublic, JobStatus
 from contracts.names import JobKind
-from llm_tasks.client import AsyncClient, Client, Event
+from llm_tasks.client import AsyncClient, Client, Event, StepTexts, TextRestart
 from llm_tasks.errors import (
     ApiError,
     Conflict,
@@ -38,7 +38,9 @@ __all__ = [
     "NotFound",
     "RateLimited",
     "ServiceUnavailable",
+    "StepTexts",
     "StreamLost",
+    "TextRestart",
     "Unauthorized",
     "WaitTimeout",
 ]

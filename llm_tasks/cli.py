@@ -148,6 +148,10 @@ class Watch:
             )
             if self.tty:
                 self._show_bar(event.step)
+        elif event.event == "output" and event.reset:
+            self._say(f"[{event.step}] attempt {event.attempt}: the text starts over")
+            if event.delta:
+                self._text(event.step or "", event.delta)
         elif event.event == "output" and event.delta:
             self._text(event.step or "", event.delta)
         self.out.flush()

@@ -57,10 +57,40 @@ class Event:
         """New text, for ``output`` events."""
         return str(self.data.get("delta", ""))
 
+    @property
+    def reset(self) -> bool:
+        """For ``output`` events: the step runs again (a retry) and writes its text from
+        the start; this delta replaces what the step had written."""
+        return bool(self.data.get("reset"))
+
+    @property
+    def attempt(self) -> int:
+        """For ``output`` events: which run of the step wrote the text."""
+        return int(self.data.get("attempt") or 1)
+
     @classmethod
     def from_sse(cls, sse: ServerSentEvent) -> "Event":
         data = json.loads(sse.data) if sse.data else {}
         return cls(event=sse.event, id=sse.id, data=data if isinstance(data, dict) else {})
+
+
+class TextRestart(str):
+    """A piece of streamed text that starts its step's text over (the step runs again)."""
+
+
+class StepTexts(dict[str, str]):
+    """Each step's text so far, from a job's ``output`` events::
+
+    texts = StepTexts()
+    for event in client.events(job_id):
+        texts.add(event)
+    """
+
+    def add(self, event: Event) -> None:
+        if event.event != "output" or event.step is None:
+            return
+        written = "" if event.reset else self.get(event.step, "")
+        self[event.step] = written + event.delta
 
 
 class _Decoder:
@@ -301,10 +331,12 @@ class Client(_Options):
         return self._events(job_id, last_event_id, deadline=None)
 
     def stream_text(self, job_id: str, *, step: str | None = None) -> Iterator[str]:
-        """The generated text as it comes (of one ``step``, or of every step in turn)."""
+        """The generated text as it comes (of one ``step``, or of every step in turn).
+        When a step runs again and its text starts over, the first piece of the new text
+        is a :class:`TextRestart`: drop what that step yielded before it."""
         for event in self.events(job_id):
             if event.event == "output" and step in (None, event.step):
-                yield event.delta
+                yield TextRestart(event.delta) if event.reset else event.delta
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobPublic:
         """Follow the job until it ends; returns the final job. Raises
@@ -407,7 +439,7 @@ class AsyncClient(_Options):
     async def stream_text(self, job_id: str, *, step: str | None = None) -> AsyncIterator[str]:
         async for event in self.events(job_id):
             if event.event == "output" and step in (None, event.step):
-                yield event.delta
+                yield TextRestart(event.delta) if event.reset else event.delta
 
     async def wait(self, job_id: str, timeout: float | None = None) -> JobPublic:  # noqa: ASYNC109 (same call as Client.wait)
         deadline = time.monotonic() + timeout if timeout is not None else None

@@ -58,6 +58,13 @@ class WorkerSettings(CommonSettings):
     cancel_check_interval: float = Field(
         default=0.25, gt=0, description="Seconds between checks of a job's cancellation flag."
     )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a running step's lease outlives its worker's last renewal: a "
+        "killed worker's step runs elsewhere this soon after the broker delivers it again "
+        "(at most a third of VISIBILITY_TIMEOUT is used).",
+    )
     model_cache_dir: Path = Field(
         default=Path.home() / ".cache" / "llm-tasks",
         description="Where the tiny models are built and kept.",
@@ -65,6 +72,11 @@ class WorkerSettings(CommonSettings):
     preload_models: bool = Field(
         default=True, description="Load every model when the worker starts, not on first use."
     )
+
+    @property
+    def lease_ttl(self) -> float:
+        """The lease TTL in use: well under the visibility timeout."""
+        return min(self.lease_seconds, self.visibility_timeout / 3)
 
 
 @lru_cache

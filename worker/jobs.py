@@ -9,6 +9,7 @@ retried with exponential backoff and jitter, bad input fails at once.
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -31,12 +32,12 @@ from contracts.jobs import (
     STARTED_AT_FIELD,
     STEPS_DONE_FIELD,
     STEPS_FIELD,
-    job_key,
     task_key,
 )
 from contracts.metrics import JOB_RUN, JOB_WAIT, JOBS_FINISHED, STEP_RETRIES, STEPS_FINISHED
 from worker.config import get_settings
 from worker.errors import Canceled, InvalidInput, TransientError
+from worker.leases import CANCELED_BY_CLIENT, STEP_FAILED, LeaseHeld, RunningStep, StepWatch
 from worker.metrics import start_flushing, tally
 from worker.results import ResultBackend
 
@@ -51,21 +52,23 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 # One round trip when a step starts: which job it belongs to, whether the job was
-# canceled, and (if not) the start stamp and one more attempt; then whether this is the
-# job's very first start, its kind and its creation time (for the wait histogram).
+# canceled or failed in another step (then nothing else is touched), and if not the
+# start stamp and one more attempt; then whether this is the job's very first start,
+# its kind, its creation time (for the wait histogram) and this attempt's number.
 # Touches nothing when the job is unknown (a plain Celery call) or expired, so no stray
 # record is resurrected.
 _START_STEP = """
 local job_id = redis.call('GET', KEYS[1])
-if not job_id then return {'', 0, 0, '', ''} end
+if not job_id then return {'', '', 0, '', '', 0} end
 local key = ARGV[1] .. job_id
-if redis.call('EXISTS', key) == 0 then return {'', 0, 0, '', ''} end
-if redis.call('HEXISTS', key, ARGV[2]) == 1 then return {job_id, 1, 0, '', ''} end
+if redis.call('EXISTS', key) == 0 then return {'', '', 0, '', '', 0} end
+if redis.call('HEXISTS', key, ARGV[2]) == 1 then return {job_id, 'canceled', 0, '', '', 0} end
+if redis.call('HGET', key, ARGV[8]) == 'failed' then return {job_id, 'failed', 0, '', '', 0} end
 local first = redis.call('HSETNX', key, ARGV[3], ARGV[4])
-redis.call('HINCRBY', key, 'attempts:' .. ARGV[5], 1)
+local attempt = redis.call('HINCRBY', key, 'attempts:' .. ARGV[5], 1)
 local kind = redis.call('HGET', key, ARGV[6]) or ''
 local created = redis.call('HGET', key, ARGV[7]) or ''
-return {job_id, 0, first, kind, created}
+return {job_id, '', first, kind, created, attempt}
 """
 
 # When a step ends: a success counts towards the job's steps and ends the job when it
@@ -106,33 +109,35 @@ def free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-class CancelToken:
-    """Says whether the step should stop: revoked on this worker, or its job canceled.
+@lru_cache
+def step_watch() -> StepWatch:
+    """This process's leases and job flags (see :mod:`worker.leases`)."""
+    settings = get_settings()
+    return StepWatch(
+        registry_redis,
+        owner=f"{socket.gethostname()}/{os.getpid()}",
+        lease_seconds=settings.lease_ttl,
+        interval=min(settings.cancel_check_interval, settings.lease_ttl / 3),
+    )
 
-    Cheap to call once per token: the worker's revoked set is in memory, and the job's
-    cancellation flag in Redis is read at most every ``cancel_check_interval`` seconds.
+
+class CancelToken:
+    """Says whether the step should stop: revoked on this worker, its job canceled or
+    failed in another step, or its lease lost to another worker.
+
+    Cheap to call once per token, and never waits on Redis: the worker's revoked set is
+    in memory, and the job's flags are read by :class:`~worker.leases.StepWatch`'s thread.
     """
 
-    def __init__(self, task_id: str, job_id: str | None) -> None:
+    def __init__(self, task_id: str, step: RunningStep | None) -> None:
         self._task_id = task_id
-        self._job_id = job_id
-        self._interval = get_settings().cancel_check_interval
-        self._checked_at = time.monotonic()
-        self._set = False
+        self._step = step
 
     def __call__(self) -> bool:
-        if self._set:
-            return True
-        if self._task_id in worker_state.revoked:
-            self._set = True
-        elif self._job_id and time.monotonic() - self._checked_at >= self._interval:
-            self._checked_at = time.monotonic()
-            try:
-                flag = registry_redis().hexists(job_key(self._job_id), CANCELED_AT_FIELD)
-            except redis.RedisError:
-                flag = False  # cannot tell now: go on, look again at the next interval
-            self._set = bool(flag)
-        return self._set
+        step = self._step
+        return self._task_id in worker_state.revoked or (
+            step is not None and (step.lost or step.stop_reason is not None)
+        )
 
 
 class ProgressPublisher:
@@ -193,9 +198,10 @@ class ProgressReporter:
     batcher's thread may call it too.
     """
 
-    def __init__(self, task: Task, task_id: str) -> None:
+    def __init__(self, task: Task, task_id: str, attempt: int) -> None:
         self._task = task
         self._task_id = task_id
+        self._attempt = attempt
         self._interval = get_settings().progress_interval
         self._published_at: float | None = None
 
@@ -217,9 +223,9 @@ class ProgressReporter:
         meta: dict[str, Any] = {"current": current, "total": total, "message": message}
         if text is not None:
             meta["text"] = text
-        backend, task_id = self._task.backend, self._task_id
+        backend, task_id, attempt = self._task.backend, self._task_id, self._attempt
         progress_publisher().publish(
-            task_id, lambda: backend.store_result(task_id, meta, "PROGRESS")
+            task_id, lambda: backend.store_result(task_id, meta, "PROGRESS", attempt=attempt)
         )
 
 
@@ -227,22 +233,36 @@ class JobTask(Task):  # type: ignore[misc]
     """Base of every task of the service."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._store_started():
-            raise Ignore()
-        job_id, canceled = self._start_step()
-        self.request.job_id = job_id
-        self.request.started = time.monotonic()
-        self.request.cancel_token = CancelToken(self.request.id, job_id)
-        self.request.progress = ProgressReporter(self, self.request.id)
-        if canceled or self.request.cancel_token():
-            self._stop_canceled("canceled before it started")
+        self.request.running_step = step = None
         try:
+            step = self._take_lease()
+            if self._store_started():
+                raise Ignore()
+            job_id, stop_reason, attempt = self._start_step()
+            if step is not None:
+                step_watch().watch_job(step, job_id)
+            self.request.job_id = job_id
+            self.request.attempt = attempt
+            self.request.started = time.monotonic()
+            self.request.cancel_token = CancelToken(self.request.id, step)
+            self.request.progress = ProgressReporter(self, self.request.id, attempt)
+            if stop_reason or self.request.cancel_token():
+                self._stop_canceled(f"not started: {stop_reason or CANCELED_BY_CLIENT}")
             try:
                 return super().__call__(*args, **kwargs)
             finally:
                 # Before the final state is stored: no progress may land after it.
                 progress_publisher().settle(self.request.id)
         except Canceled as canceled:
+            if step is not None and step.lost:
+                logger.error(
+                    "task %s: stopped without a result, another worker runs it now",
+                    self.request.id,
+                )
+                raise Ignore() from None
+            reason = step.stop_reason if step is not None else None
+            if reason and reason != CANCELED_BY_CLIENT:
+                self._stop_canceled(f"{canceled}: {reason}")
             self._stop_canceled(str(canceled))
         except InvalidInput:
             raise
@@ -261,6 +281,30 @@ class JobTask(Task):  # type: ignore[misc]
             raise self.retry(
                 exc=error, countdown=countdown, max_retries=get_settings().max_retries
             ) from error
+
+    def _take_lease(self) -> RunningStep | None:
+        """Hold the step's lease while it runs (released once its end is stored, by
+        :func:`release_lease`). A delivery of a step that another live worker runs now
+        is sent again for later and acknowledged, not run: if that worker dies, its lease
+        lapses and the later copy runs the step; if it finishes, the copy finds the step
+        ended and does nothing."""
+        if self.request.is_eager or not self.request.id:
+            return None
+        try:
+            step = step_watch().acquire(self.request.id)
+        except LeaseHeld as held:
+            later = get_settings().lease_ttl
+            logger.warning(
+                "task %s was delivered while %s runs it: sent again in %.0fs, not run now",
+                self.request.id,
+                held.holder,
+                later,
+                extra={"task_id": self.request.id},
+            )
+            self.signature_from_request(self.request, countdown=later).apply_async()
+            raise Ignore() from None
+        self.request.running_step = step
+        return step
 
     @property
     def progress(self) -> "ProgressReporter":
@@ -311,14 +355,15 @@ class JobTask(Task):  # type: ignore[misc]
     ) -> None:
         tally.inc(STEP_RETRIES, {"task": self.name})
 
-    def _start_step(self) -> tuple[str | None, bool]:
-        """Stamp the job's start and attempts; returns the job id and whether it is canceled."""
+    def _start_step(self) -> tuple[str | None, str, int]:
+        """Stamp the job's start and attempts; returns the job id, why the step must not
+        run ('' when it may) and this attempt's number."""
         if self.request.is_eager or not self.request.id:
-            return None, False
+            return None, "", self.request.retries + 1
         start_flushing()
         now = datetime.now(UTC)
         try:
-            job_id, canceled, first, kind, created = registry_redis().eval(
+            job_id, stop_reason, first, kind, created, attempt = registry_redis().eval(
                 _START_STEP,
                 1,
                 task_key(self.request.id),
@@ -329,28 +374,33 @@ class JobTask(Task):  # type: ignore[misc]
                 self.request.id,
                 KIND_FIELD,
                 CREATED_FIELD,
+                ENDED_FIELD,
             )
         except redis.RedisError:
             logger.exception("task %s: could not read its job", self.request.id)
-            return None, False
+            return None, "", self.request.retries + 1
         job = job_id.decode() if job_id else None
+        if stop_reason:
+            reason = {b"canceled": CANCELED_BY_CLIENT, b"failed": STEP_FAILED}
+            return job, reason.get(stop_reason, stop_reason.decode()), 0
         if first and created:
             wait = now.timestamp() - float(created)
             tally.observe(JOB_WAIT, {"kind": kind.decode()}, max(0.0, wait))
+        attempt = int(attempt) or self.request.retries + 1
         logger.info(
             "job %s: step %s started (task %s, attempt %d)",
             job,
             self.name,
             self.request.id,
-            self.request.retries + 1,
+            attempt,
             extra={
                 "job_id": job,
                 "task_id": self.request.id,
                 "step": self.name,
-                "attempt": self.request.retries + 1,
+                "attempt": attempt,
             },
         )
-        return job, bool(canceled)
+        return job, "", attempt
 
     def _end_step(self, outcome: str, state: str, error: str | None = None) -> None:
         """Count the step's end, and the job's when this step ended it; log it with the ids."""
@@ -381,6 +431,13 @@ class JobTask(Task):  # type: ignore[misc]
         logger.info("task %s stopped: %s", self.request.id, reason)
         self.backend.mark_as_revoked(self.request.id, reason, request=self.request)
         raise Ignore()
+
+
+def release_lease(task: Task) -> None:
+    """After a step's final state is stored: its lease goes (see ``task_postrun``)."""
+    step: RunningStep | None = getattr(task.request, "running_step", None)
+    if step is not None:
+        step_watch().release(step)
 
 
 def end_job(task_id: str, outcome: str) -> None:

@@ -6,6 +6,10 @@ task writes three states (started, progress, its end). Here the check and the wr
 one Lua script, with the same meta documents, keys, expiry and channel, so the API and
 any Celery client read them as before.
 
+Each state a step's run writes carries that run's ``attempt`` (1, 2, … as the job
+registry counts them), so that an event stream can tell a new attempt's text from the
+last one's.
+
 The start of a step is one script too: it reports whether the step already ended (then
 nothing is written) and otherwise stores ``STARTED`` — the check :class:`JobTask` made
 with a GET of its own, and ``task_track_started``'s write, which the worker leaves to it.
@@ -68,9 +72,14 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
         state: str,
         traceback: Any = None,
         request: Any = None,
+        attempt: int | None = None,
         **kwargs: Any,
     ) -> Any:
-        self._store_unless(task_id, result, state, request, traceback, [states.SUCCESS])
+        """``attempt`` (or the request's): which run of the step wrote this state."""
+        attempt = attempt or getattr(request, "attempt", None)
+        self._store_unless(
+            task_id, result, state, request, traceback, [states.SUCCESS], attempt=attempt
+        )
         return result
 
     def store_started(
@@ -117,11 +126,14 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
         traceback: Any,
         stopping: Any,
         after: str | None = None,
+        attempt: int | None = None,
     ) -> str | None:
         meta = self._get_result_meta(
             result=result, state=state, traceback=traceback, request=request
         )
         meta["task_id"] = bytes_to_str(task_id)
+        if attempt:
+            meta["attempt"] = attempt
         value = self.encode(meta)
         if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
             raise BackendStoreError(

@@ -11,6 +11,7 @@ from typing import Any
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    task_postrun,
     task_revoked,
     worker_init,
     worker_ready,
@@ -21,7 +22,7 @@ from contracts.names import WORKER_REFUSALS_KEY, WORKER_REFUSALS_TTL
 from worker.config import get_settings
 from worker.engine import inference_process
 from worker.inference import served
-from worker.jobs import end_job, registry_redis
+from worker.jobs import end_job, registry_redis, release_lease
 from worker.metrics import start_flushing
 from worker.models import ModelRefused, ModelRole, get_registry
 
@@ -51,6 +52,13 @@ def count_expired(request: Any = None, expired: bool = False, **_: Any) -> None:
     if expired and request is not None:
         logger.info("task %s expired before it ran", request.id, extra={"task_id": request.id})
         end_job(request.id, "expired")
+
+
+@task_postrun.connect
+def give_lease_up(sender: Any = None, **_: Any) -> None:
+    """The step's final state (or its retry) is stored: its lease goes."""
+    if sender is not None:
+        release_lease(sender)
 
 
 @worker_ready.connect

@@ -43,7 +43,7 @@ router = APIRouter(
 
 LIST_SCAN_PAGES = 10
 WHY_LIMITED = {
-    "delay_seconds": " (the broker's visibility timeout would deliver a longer countdown twice)",
+    "delay_seconds": " (a job must not expire before it starts: half of how long it is kept)",
     "expires_in": " (the job itself is kept no longer)",
 }
 

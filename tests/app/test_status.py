@@ -1,3 +1,4 @@
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -176,3 +177,81 @@ def test_a_message_dropped_by_the_worker_as_expired_is_expired():
         "date_done": DONE,
     }
     assert build([meta]).status is JobStatus.EXPIRED
+
+
+# Every order of queued / running / failed / succeeded steps of a group (variations), a
+# chord (document: three parallel steps and their body) and a chain (story).
+GENERATED = {"text": "t", "tokens": 1, "finish_reason": "length", "prompt_tokens": 1, "model": "m"}
+SENTIMENT = {"label": "POSITIVE", "score": 0.9, "model": "m"}
+WORKFLOWS = {
+    "group": (
+        JobKind.VARIATIONS,
+        {"prompt": "Hi", "temperatures": [0.2, 0.7, 1.2]},
+        [GENERATED] * 3,
+    ),
+    "chord": (
+        JobKind.DOCUMENT,
+        {"text": "A text."},
+        [
+            {"summary": "s", "model": "m"},
+            SENTIMENT,
+            GENERATED,
+            {"summary": "s", "sentiment": SENTIMENT, "key_points": "k"},
+        ],
+    ),
+    "chain": (JobKind.STORY, {"topic": "a fox"}, [{"text": "t"}] * 3),
+}
+STATES = ("queued", "running", "failed", "succeeded")
+
+
+def step_meta(state: str, index: int, result: dict) -> dict | None:
+    if state == "queued":
+        return None
+    if state == "running":
+        return {"status": "PROGRESS", "result": {"current": 1, "total": 4, "text": "so far"}}
+    if state == "failed":
+        error = {"exc_type": "InjectedFault", "exc_message": [f"step {index} broke"]}
+        return {"status": "FAILURE", "result": error, "date_done": DONE}
+    return {"status": "SUCCESS", "result": result, "date_done": DONE}
+
+
+def workflow_cases():
+    for shape, (kind, job_input, results) in WORKFLOWS.items():
+        for states in itertools.product(STATES, repeat=len(results)):
+            yield pytest.param(kind, job_input, results, states, id=f"{shape}-{'-'.join(states)}")
+
+
+@pytest.mark.parametrize(("kind", "job_input", "results", "states"), list(workflow_cases()))
+def test_every_order_of_step_states_reads_right(kind, job_input, results, states):
+    from app.workflows import steps_of
+
+    steps = [
+        StepRecord(name=step.name, task_id=f"task-{i}")
+        for i, step in enumerate(steps_of(kind, job_input))
+    ]
+    record = RECORD.model_copy(update={"kind": kind, "input": job_input, "steps": steps})
+    pairs = enumerate(zip(states, results, strict=True))
+    metas = [step_meta(state, i, result) for i, (state, result) in pairs]
+    job = build(metas, record=record, started_at=None if set(states) == {"queued"} else NOW)
+
+    shown = [step.status.value for step in job.steps]
+    if "failed" in states:
+        first = states.index("failed")
+        assert job.status is JobStatus.FAILED
+        assert job.error is not None
+        assert (job.error.type, job.error.message) == ("InjectedFault", f"step {first} broke")
+        assert job.output is None
+        assert job.finished_at == datetime.fromisoformat(DONE)
+        # Steps that will never run say so; the others read as they are.
+        assert "queued" not in shown
+        expected = {"queued": "canceled", "failed": "failed", "running": "running"}
+        assert shown == [expected.get(s, s) for s in states]
+    else:
+        assert shown == list(states)
+        assert job.error is None
+        if set(states) == {"succeeded"}:
+            assert job.status is JobStatus.SUCCEEDED and job.output is not None
+        elif set(states) == {"queued"}:
+            assert job.status is JobStatus.QUEUED
+        else:
+            assert job.status is JobStatus.RUNNING and job.output is None

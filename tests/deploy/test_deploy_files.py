@@ -87,11 +87,14 @@ def test_every_service_has_a_healthcheck(compose: dict):
     assert "celery -A worker.celery_app inspect ping" in worker_check
 
 
-def test_flower_sees_task_events(compose: dict):
+def test_flower_sees_task_events_and_the_service_s_queues(compose: dict):
     assert "-E" in compose["services"]["worker"]["command"]
-    flower = " ".join(compose["services"]["flower"]["command"])
-    assert "--broker=redis://redis:6379/0" in flower
-    assert compose["services"]["worker"]["environment"]["LLM_TASKS_REDIS_URL"] in flower
+    flower = compose["services"]["flower"]
+    # The shared configuration (priority steps, separator), not a bare broker URL.
+    assert " ".join(flower["command"]).startswith("celery -A contracts.celery_app flower")
+    assert flower["build"]["dockerfile"] == "Dockerfile.api"
+    worker_env = compose["services"]["worker"]["environment"]
+    assert flower["environment"]["LLM_TASKS_REDIS_URL"] == worker_env["LLM_TASKS_REDIS_URL"]
 
 
 def test_compose_has_the_four_services(compose: dict):

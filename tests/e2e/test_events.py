@@ -7,6 +7,7 @@ import pytest
 import redis
 
 from contracts.jobs import RECORD_FIELD, JobRecord, job_key
+from llm_tasks import Client, StepTexts
 from tests.conftest import wait_for, wait_for_job
 from tests.support.sse import Comment, Event, events, read_stream, text_of
 
@@ -140,3 +141,37 @@ def test_events_of_an_unknown_job_are_404(client: httpx.Client):
     response = client.get("/v1/jobs/nope/events")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_a_retried_step_starts_its_text_over_and_the_client_follows(
+    client: httpx.Client, api_url: str
+):
+    # The first attempt streams 8 tokens, then fails with a transient error; the retry
+    # (no seed: a fresh draw) writes another text from the start.
+    body = {"prompt": "SLOW: TRANSIENT_AFTER:1:8: The sea", "max_new_tokens": 16}
+    job = submit(client, input=body)
+    texts = StepTexts()
+    live = []
+    with Client(api_url) as follower:
+        for event in follower.events(job["id"]):
+            texts.add(event)
+            live.append(event)
+    final = live[-1].job
+    assert final is not None and final.status == "succeeded"
+    assert final.attempts == 2
+    assert final.output is not None
+    outputs = [e for e in live if e.event == "output"]
+    [restart] = [i for i, e in enumerate(outputs) if e.reset]
+    assert restart > 0 and "".join(e.delta for e in outputs[:restart])  # attempt 1 had text
+    assert [e.attempt for e in outputs] == [1] * restart + [2] * (len(outputs) - restart)
+    assert texts["generate"] == final.output.text
+
+    # Resuming from an event of the first attempt, once the job ended, is exact too.
+    resume_at = outputs[restart - 1].id
+    earlier = StepTexts()
+    for event in live[: live.index(outputs[restart - 1]) + 1]:
+        earlier.add(event)
+    with Client(api_url) as follower:
+        for event in follower.events(job["id"], last_event_id=resume_at):
+            earlier.add(event)
+    assert earlier["generate"] == final.output.text

@@ -62,6 +62,13 @@ def test_unknown_id_is_404_problem(client: httpx.Client):
         ({"kind": "generate", "input": {"prompt": "Hi"}, "priority": 10}, "priority"),
         ({"kind": "generate", "input": {"prompt": "Hi", "max_length": 9}}, "max_length"),
         ({"kind": "teleport", "input": {"prompt": "Hi"}}, "kind"),
+        # Strict types: a boolean is not a number, a number in a string is not a number.
+        ({"kind": "generate", "input": {"prompt": "Hi"}, "priority": True}, "priority"),
+        ({"kind": "generate", "input": {"prompt": "Hi", "max_new_tokens": "5"}}, "max_new_tokens"),
+        ({"kind": "generate", "input": {"prompt": "Hi", "seed": False}}, "seed"),
+        ({"kind": "generate", "input": {"prompt": 42}}, "prompt"),
+        ({"kind": "generate", "input": {"prompt": "Hi"}, "delay_seconds": "3"}, "delay_seconds"),
+        ({"kind": "variations", "input": {"prompt": "Hi", "temperatures": ["1"]}}, "temperatures"),
     ],
 )
 def test_invalid_input_is_422_naming_the_field(client: httpx.Client, body: dict, field: str):

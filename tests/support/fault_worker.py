@@ -6,12 +6,15 @@ prompt (anywhere, so that workflow steps built from a topic carry them too):
 - ``FAULT: message`` — raise :class:`InjectedFault` (a permanent error) with that message;
 - ``TRANSIENT:n:`` — raise :class:`~worker.errors.TransientError` on the first n attempts;
 - ``OOM:n:`` — raise CUDA's out-of-memory error on the first n attempts;
+- ``TRANSIENT_AFTER:n:k:`` — on the first n attempts, stop after k tokens (streamed as
+  usual) and raise :class:`~worker.errors.TransientError`;
 - ``SLOW:`` — take 0.1 s per token, so that a test can cancel a running generation (in
   the inference process, through its initializer).
 
 Production workers never import this module.
 """
 
+import contextlib
 import re
 import time
 from dataclasses import replace
@@ -24,7 +27,7 @@ from worker import inference
 from worker.celery_app import app
 from worker.config import get_settings
 from worker.engine import inference_process
-from worker.errors import TransientError
+from worker.errors import Canceled, TransientError
 
 SECONDS_PER_SLOW_TOKEN = 0.1
 _real_generate_text = inference.generate_text
@@ -42,6 +45,9 @@ def _generate_text(loaded: inference.Served, *, prompt: str, **options: Any) -> 
         raise TransientError(f"injected transient fault, attempt {attempt + 1}")
     if (oom := re.search(r"OOM:(\d+):", prompt)) and attempt < int(oom[1]):
         raise torch.cuda.OutOfMemoryError(f"injected CUDA out of memory, attempt {attempt + 1}")
+    if (after := re.search(r"TRANSIENT_AFTER:(\d+):(\d+):", prompt)) and attempt < int(after[1]):
+        _fail_after(int(after[2]), loaded, prompt, options)
+        raise TransientError(f"injected transient fault after {after[2]} tokens")
     if "SLOW:" in prompt and not get_settings().inference_process:
         should_stop = options.pop("should_stop", None) or (lambda: False)
 
@@ -51,6 +57,26 @@ def _generate_text(loaded: inference.Served, *, prompt: str, **options: Any) -> 
 
         options["should_stop"] = slow_stop
     return _real_generate_text(loaded, prompt=prompt, **options)
+
+
+def _fail_after(tokens: int, loaded: inference.Served, prompt: str, options: Any) -> None:
+    """Generate (and stream) ``tokens`` tokens, then stop."""
+    seen = [0]
+    should_stop = options.pop("should_stop", None) or (lambda: False)
+    on_tokens = options.pop("on_tokens", None)
+
+    def counting(generated: list[int]) -> None:
+        seen[0] = len(generated)
+        if on_tokens is not None:
+            on_tokens(generated)
+
+    def stop_there() -> bool:
+        return seen[0] >= tokens or bool(should_stop())
+
+    with contextlib.suppress(Canceled):
+        _real_generate_text(
+            loaded, prompt=prompt, should_stop=stop_there, on_tokens=counting, **options
+        )
 
 
 def _slow_rows() -> None:

@@ -52,6 +52,11 @@ def events(client: httpx.Client, job_id: str, last_event_id: str | None = None) 
 
 
 def text_of(received: list[Event], step: str | None = None) -> str:
-    return "".join(
-        e.data["delta"] for e in received if e.event == "output" and step in (None, e.data["step"])
-    )
+    """The steps' texts joined, as a client builds them: each step's deltas in order, and
+    a ``reset`` (the step runs again) starting that step's text over."""
+    texts: dict[str, str] = {}
+    for e in received:
+        if e.event == "output" and step in (None, e.data["step"]):
+            written = "" if e.data.get("reset") else texts.get(e.data["step"], "")
+            texts[e.data["step"]] = written + e.data["delta"]
+    return "".join(texts.values())

@@ -8,13 +8,18 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from tools.stack import start_redis, wait_until
 from worker.batching import DecodeRow, SummaryRequest
 from worker.engine import InferenceProcess, InferenceProcessLost
 from worker.errors import TransientError
+from worker.jobs import CancelToken
+from worker.leases import StepWatch
 from worker.models import ModelRole, get_registry
 
 
@@ -107,3 +112,43 @@ def test_a_dead_process_fails_its_requests_as_transient_and_is_replaced(
     assert isinstance(lost.value, TransientError)  # so the task retries it
     [again] = engine.submit_many(str(ModelRole.CLASSIFIER), ["Still here?"])
     assert again.label in {"POSITIVE", "NEGATIVE"}
+
+
+def test_a_hung_redis_does_not_hold_up_results(engine: InferenceProcess, log_dir: Path):
+    """The reply thread asks every streaming row whether to stop; a step's answer comes
+    from memory (its job flags are read by the step watch's own thread), so a Redis that
+    hangs (SIGSTOP: connections open, no answers) delays no token and no other result."""
+    hang = 30.0  # a call to the hung Redis returns after this, with a timeout
+    server, url = start_redis(log_dir)
+    client = redis.Redis.from_url(url, socket_timeout=hang, socket_connect_timeout=hang)
+    watch = StepWatch(lambda: client, owner="test", lease_seconds=60, interval=0.05)
+    step = watch.acquire("task-under-a-hung-redis")
+    watch.watch_job(step, "job-under-a-hung-redis")
+    os.kill(server.popen.pid, signal.SIGSTOP)
+    try:
+        time.sleep(0.2)  # the watch thread is now waiting on Redis
+        streamed: list[list[int]] = []
+        row = DecodeRow(
+            prompt("While Redis hangs"),
+            60,
+            0.8,
+            0.95,
+            seed=1,
+            on_tokens=streamed.append,
+            should_stop=CancelToken("task-under-a-hung-redis", step),
+        )
+        started = time.monotonic()
+        with ThreadPoolExecutor(1) as pool:
+            generation = pool.submit(engine.submit_many, str(ModelRole.GENERATOR), [row])
+            wait_until(lambda: bool(streamed), hang)
+            sentiments = engine.submit_many(str(ModelRole.CLASSIFIER), ["Lovely!", "Awful."])
+            [decoded] = generation.result(timeout=hang)
+        # Everything came back before any call to the hung Redis could even time out.
+        assert time.monotonic() - started < hang
+        assert len(sentiments) == 2
+        assert decoded.finish_reason != "canceled"
+        assert len(decoded.tokens) == 60 or decoded.finish_reason == "stop"
+    finally:
+        os.kill(server.popen.pid, signal.SIGCONT)
+        watch.release(step)
+        server.stop()
