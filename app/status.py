@@ -10,7 +10,7 @@ as their result).
 from datetime import datetime
 from typing import Any
 
-from app.workflows import output_of, progress_unit
+from app.workflows import output_of, progress_unit, stages_of
 from contracts.jobs import (
     JobError,
     JobPublic,
@@ -112,9 +112,19 @@ def build_job(
         statuses = [JobStatus.EXPIRED] * len(statuses)
     status = job_status(statuses)
     if status is JobStatus.FAILED:
-        # Steps a failure left unstarted never run: a chain stops there, and the workers
-        # skip (and stop) the other steps of a group or chord whose job failed.
-        statuses = [JobStatus.CANCELED if s is JobStatus.QUEUED else s for s in statuses]
+        # Steps a failure left unstarted never run, and read as they will end: the later
+        # stages fail (Celery fails the rest of a chain, and a chord's body, with the
+        # error), and the workers skip the failed step's siblings (canceled).
+        stages = stages_of(record.kind, record.input)
+        failed = min(
+            stage for stage, s in zip(stages, statuses, strict=True) if s is JobStatus.FAILED
+        )
+        statuses = [
+            (JobStatus.FAILED if stage > failed else JobStatus.CANCELED)
+            if s is JobStatus.QUEUED
+            else s
+            for stage, s in zip(stages, statuses, strict=True)
+        ]
 
     steps = [
         StepPublic(name=step.name, status=state, progress=task_progress(meta))

@@ -38,6 +38,9 @@ KEY_POINTS_PROMPT = "Key points from: {text}\n"
 class Step:
     name: str
     task: TaskName
+    #: Steps run stage after stage (a chain's links; a chord's header, then its body);
+    #: the steps of one stage run side by side.
+    stage: int = 0
 
 
 def steps_of(kind: JobKind, job_input: dict[str, Any]) -> list[Step]:
@@ -45,9 +48,9 @@ def steps_of(kind: JobKind, job_input: dict[str, Any]) -> list[Step]:
     match kind:
         case JobKind.STORY:
             return [
-                Step("outline", TaskName.STORY_OUTLINE),
-                Step("expand", TaskName.STORY_EXPAND),
-                Step("dialogue", TaskName.STORY_DIALOGUE),
+                Step("outline", TaskName.STORY_OUTLINE, 0),
+                Step("expand", TaskName.STORY_EXPAND, 1),
+                Step("dialogue", TaskName.STORY_DIALOGUE, 2),
             ]
         case JobKind.VARIATIONS:
             temperatures = VariationsInput.model_validate(job_input).temperatures
@@ -57,16 +60,16 @@ def steps_of(kind: JobKind, job_input: dict[str, Any]) -> list[Step]:
                 Step("summarize", TaskName.SUMMARIZE),
                 Step("sentiment", TaskName.SENTIMENT),
                 Step("key_points", TaskName.GENERATE),
-                Step("combine", TaskName.DOCUMENT_COMBINE),
+                Step("combine", TaskName.DOCUMENT_COMBINE, 1),
             ]
         case JobKind.REPLY:
             variants = [
-                Step(f"variant-{i + 1}", TaskName.REPLY_VARIANT) for i in range(REPLY_TONES)
+                Step(f"variant-{i + 1}", TaskName.REPLY_VARIANT, 1) for i in range(REPLY_TONES)
             ]
             return [
                 Step("analyze", TaskName.REPLY_ANALYZE),
                 *variants,
-                Step("rank", TaskName.REPLY_RANK),
+                Step("rank", TaskName.REPLY_RANK, 2),
             ]
         case _:
             return [Step(kind.value, _SINGLE_TASKS[kind])]
@@ -176,6 +179,11 @@ _OUTPUTS: dict[JobKind, Callable[[dict[str, Any], list[Any]], JobOutput]] = {
     JobKind.DOCUMENT: _single(DocumentOutput),
     JobKind.REPLY: _single(ReplyOutput),
 }
+
+
+def stages_of(kind: JobKind, job_input: dict[str, Any]) -> list[int]:
+    """Each step's stage, in the order the registry lists the steps."""
+    return [step.stage for step in steps_of(kind, job_input)]
 
 
 def output_of(kind: JobKind, job_input: dict[str, Any], results: list[Any]) -> JobOutput:

@@ -1,8 +1,14 @@
 """Live job events over SSE: pushed from Redis, streamed text, exact resume, heartbeats."""
 
+import contextlib
+import json
+import socket
 import time
+from pathlib import Path
 
+import h11
 import httpx
+import psutil
 import pytest
 import redis
 
@@ -10,6 +16,7 @@ from contracts.jobs import RECORD_FIELD, JobRecord, job_key
 from llm_tasks import Client, StepTexts
 from tests.conftest import wait_for, wait_for_job
 from tests.support.sse import Comment, Event, events, read_stream, text_of
+from tools.stack import clean_env, free_port, http_ok, start_api, start_redis, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -175,3 +182,79 @@ def test_a_retried_step_starts_its_text_over_and_the_client_follows(
         for event in follower.events(job["id"], last_event_id=resume_at):
             earlier.add(event)
     assert earlier["generate"] == final.output.text
+
+
+def test_a_client_that_reads_slowly_costs_bounded_memory(log_dir: Path):
+    """Every state a worker publishes carries the whole text so far: queued for a client
+    that does not keep up, they would cost memory with the square of the text. The test
+    plays the worker (Celery's own backend writes the states) for an API with a client
+    that takes nothing from its socket until the step has ended."""
+    server, redis_url = start_redis(log_dir)
+    port = free_port()
+    api = start_api(clean_env(redis_url=redis_url), log_dir, host="127.0.0.1", port=port)
+    stack = contextlib.ExitStack()
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 30, api)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            job = submit(client, input={"prompt": "Nobody runs this", "max_new_tokens": 8})
+        [step] = JobRecord.model_validate_json(
+            redis.Redis.from_url(redis_url).hget(job_key(job["id"]), RECORD_FIELD)
+        ).steps
+        slow = stack.enter_context(socket.socket())
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+        slow.connect(("127.0.0.1", port))
+        http = h11.Connection(h11.CLIENT)
+        path = f"/v1/jobs/{job['id']}/events"
+        slow.sendall(http.send(h11.Request(method="GET", target=path, headers=[("Host", "x")])))
+        slow.sendall(http.send(h11.EndOfMessage()))
+        time.sleep(0.5)  # subscribed
+
+        api_memory = psutil.Process(api.popen.pid)
+        before = api_memory.memory_info().rss
+        store = redis.Redis.from_url(redis_url)
+
+        def store_state(state: str, result: dict) -> None:
+            """What Celery's Redis result backend does with a task's state."""
+            meta = json.dumps({"status": state, "result": result, "task_id": step.task_id})
+            store.set(f"celery-task-meta-{step.task_id}", meta)
+            store.publish(f"celery-task-meta-{step.task_id}", meta)
+
+        text, published, peak = "", 0, before
+        for n in range(1500):  # a long generation: 1500 updates, 90 kB of text at the end
+            text += f"word{n:05d} "[:60] * 6
+            # A wordy progress message too: more than the sockets' buffers hold in all.
+            message = f"{n} tokens " + "." * 4000
+            meta = {"current": n, "total": 1500, "message": message, "text": text}
+            store_state("PROGRESS", meta)
+            published += len(text)
+            if n % 100 == 0:
+                peak = max(peak, api_memory.memory_info().rss)
+        time.sleep(1)  # the API has read them all from Redis by now
+        peak = max(peak, api_memory.memory_info().rss)
+        final = {"text": text, "tokens": 1500, "finish_reason": "length"}
+        store_state("SUCCESS", final | {"prompt_tokens": 3, "model": "m"})
+
+        received = b""
+        slow.settimeout(30)
+        while True:  # now the client reads it all
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                http.receive_data(slow.recv(65536))
+            elif isinstance(event, h11.Data):
+                received += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        # What was queued for the client is one state per step, not every update:
+        # growth well under the bytes the worker published (about 68 MB).
+        assert published > 60_000_000
+        assert peak - before < published / 8, (before, peak, published)
+        outputs = [
+            json.loads(line.removeprefix("data: "))
+            for line in received.decode().splitlines()
+            if line.startswith("data: ") and '"delta"' in line
+        ]
+        assert outputs and "".join(o["delta"] for o in outputs) == text
+    finally:
+        stack.close()
+        api.stop()
+        server.stop()

@@ -4,6 +4,8 @@ import httpx
 import pytest
 
 from tests.conftest import wait_for, wait_for_job
+from tests.e2e.test_faults import record_of
+from tools.stack import Process
 
 pytestmark = pytest.mark.e2e
 
@@ -164,3 +166,39 @@ def test_every_kind_has_a_schema_and_an_output_in_the_docs(client: httpx.Client)
     for name in ("LongText", "Summarize", "Sentiment", "Story", "Variations", "Document", "Reply"):
         assert f"{name}Input" in schemas
         assert f"{name}Output" in schemas
+
+
+def test_a_failed_variation_fails_the_job_while_the_others_are_queued(
+    client: httpx.Client, redis_url: str, worker: Process
+):
+    # Eight slow variations on a worker that runs four steps at a time: the third fails
+    # at once while the last four are still queued.
+    temperatures = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    body = {"prompt": "SLOW: FAULT_AT:0.3: Tell", "temperatures": temperatures}
+    job = client.post(
+        "/v1/jobs", json={"kind": "variations", "input": body | {"max_new_tokens": 40}}
+    )
+    assert job.status_code == 202, job.text
+    job_id = job.json()["id"]
+    failed = wait_for(
+        client, job_id, lambda j: j["status"] != "running" and j["status"] != "queued"
+    )
+    assert failed["status"] == "failed"
+    assert failed["error"] == {
+        "type": "InjectedFault",
+        "message": "injected fault at temperature 0.3",
+    }
+    # Every step ends; none but the failed one reads failed, none stays queued or running.
+    done = wait_for(
+        client, job_id, lambda j: all(s["status"] not in {"queued", "running"} for s in j["steps"])
+    )
+    statuses = [step["status"] for step in done["steps"]]
+    assert statuses[2] == "failed"
+    assert set(statuses[:2] + statuses[3:]) == {"canceled"}
+    assert done["status"] == "failed" and done["error"] == failed["error"]
+    listed = client.get("/v1/jobs").json()["items"]
+    assert any(item["id"] == job_id and item["status"] == "failed" for item in listed)
+    # The steps still queued when it failed never started.
+    steps = record_of(redis_url, job_id).steps
+    log = worker.log.read_text()
+    assert all(f"started (task {step.task_id}," not in log for step in steps[4:])

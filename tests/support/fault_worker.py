@@ -4,6 +4,8 @@ Started as ``celery -A tests.support.fault_worker worker``. Markers in a generat
 prompt (anywhere, so that workflow steps built from a topic carry them too):
 
 - ``FAULT: message`` — raise :class:`InjectedFault` (a permanent error) with that message;
+- ``FAULT_AT:t:`` — the same, only in the generation whose temperature is t (one
+  variation of a variations job);
 - ``TRANSIENT:n:`` — raise :class:`~worker.errors.TransientError` on the first n attempts;
 - ``OOM:n:`` — raise CUDA's out-of-memory error on the first n attempts;
 - ``TRANSIENT_AFTER:n:k:`` — on the first n attempts, stop after k tokens (streamed as
@@ -38,7 +40,9 @@ class InjectedFault(RuntimeError):
 
 
 def _generate_text(loaded: inference.Served, *, prompt: str, **options: Any) -> Any:
-    if (fault := re.search(r"FAULT:\s*(.*)", prompt)) is not None:
+    if (at := re.search(r"FAULT_AT:([\d.]+):", prompt)) and options["temperature"] == float(at[1]):
+        raise InjectedFault(f"injected fault at temperature {at[1]}")
+    if (fault := re.search(r"(?<!_)FAULT:\s*(.*)", prompt)) is not None:
         raise InjectedFault(fault.group(1).strip() or "injected fault")
     attempt = current_task.request.retries if current_task else 0
     if (transient := re.search(r"TRANSIENT:(\d+):", prompt)) and attempt < int(transient[1]):
