@@ -183,3 +183,19 @@ def test_the_api_key_comes_from_a_flag_or_the_environment(
             assert client.get(by_flag.stdout.strip()).kind.value == "sentiment"
         with Client(url, api_key="wrong") as client, pytest.raises(Unauthorized):
             client.list()
+
+
+def test_a_retried_step_starts_its_text_over_on_the_terminal(api_url: str, client: httpx.Client):
+    prompt = "SLOW: TRANSIENT_AFTER:1:6: The sea"
+    done = cli(api_url, "submit", "generate", prompt, "--set", "max_new_tokens=12", "--watch")
+    assert done.returncode == 0, done.stderr
+    job_id = re.match(r"job (\S+) queued \(generate\)", done.stdout)[1]
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["attempts"] == 2
+    out = done.stdout
+    # The first attempt's text, the notice, then the second attempt's text, whole.
+    first, notice, second = out.partition("[generate] attempt 2: the text starts over\n")
+    assert notice and "--- generate ---" in first
+    text = job["output"]["text"]
+    ending = "" if text.endswith("\n") else "\n"
+    assert f"--- generate ---\n{text}{ending}[generate] succeeded" in second
