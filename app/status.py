@@ -116,11 +116,11 @@ def build_job(
         # stages fail (Celery fails the rest of a chain, and a chord's body, with the
         # error), and the workers skip the failed step's siblings (canceled).
         stages = stages_of(record.kind, record.input)
-        failed = min(
+        failed_stage = min(
             stage for stage, s in zip(stages, statuses, strict=True) if s is JobStatus.FAILED
         )
         statuses = [
-            (JobStatus.FAILED if stage > failed else JobStatus.CANCELED)
+            (JobStatus.FAILED if stage > failed_stage else JobStatus.CANCELED)
             if s is JobStatus.QUEUED
             else s
             for stage, s in zip(stages, statuses, strict=True)

@@ -160,35 +160,65 @@ class JobStore:
             for job_id in job_ids:
                 pipe.hgetall(job_key(job_id))
             hashes: list[dict[bytes, bytes]] = await pipe.execute()
-        partial: list[tuple[JobRecord, datetime | None, datetime | None, dict[str, int]]] = []
-        for fields in hashes:
-            if RECORD_FIELD.encode() not in fields:
-                continue  # expired (or a stray stamp): as good as unknown
-            record = JobRecord.model_validate_json(fields[RECORD_FIELD.encode()])
-            attempts = {
-                name.decode().removeprefix(ATTEMPTS_PREFIX): int(value)
-                for name, value in fields.items()
-                if name.startswith(ATTEMPTS_PREFIX.encode())
-            }
-            partial.append(
-                (
-                    record,
-                    _moment(fields.get(STARTED_AT_FIELD.encode())),
-                    _moment(fields.get(CANCELED_AT_FIELD.encode())),
-                    attempts,
-                )
-            )
+        partial = [_stamps(fields) for fields in hashes if RECORD_FIELD.encode() in fields]
         task_ids = [step.task_id for record, *_ in partial for step in record.steps]
         raw_metas = (
             await self._results.mget([CELERY_META_PREFIX + t for t in task_ids]) if task_ids else []
         )
         metas = iter(json.loads(raw) if raw else None for raw in raw_metas)
-        return {
+        jobs = {
             record.id: StoredJob(
                 record, started, canceled, attempts, [next(metas) for _ in record.steps]
             )
             for record, started, canceled, attempts in partial
         }
+        # The stamps were read before the steps' states: a step that started (and maybe
+        # ended) in between has a state but no stamp yet. Read those jobs' stamps again,
+        # which are written before any state of the step.
+        stale = [job for job in jobs.values() if _unstamped(job)]
+        if stale:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job in stale:
+                    pipe.hgetall(job_key(job.record.id))
+                fresh: list[dict[bytes, bytes]] = await pipe.execute()
+            for job, fields in zip(stale, fresh, strict=True):
+                if RECORD_FIELD.encode() in fields:
+                    _, started, canceled, attempts = _stamps(fields)
+                    jobs[job.record.id] = StoredJob(
+                        job.record, started, canceled, attempts, job.metas
+                    )
+        return jobs
+
+
+#: States a step has only once a worker stamped its start in the registry.
+_STAMPED_STATES = {"STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE"}
+
+
+def _unstamped(job: StoredJob) -> bool:
+    return any(
+        meta is not None
+        and meta.get("status") in _STAMPED_STATES
+        and step.task_id not in job.attempts
+        for step, meta in zip(job.record.steps, job.metas, strict=True)
+    )
+
+
+def _stamps(
+    fields: dict[bytes, bytes],
+) -> tuple[JobRecord, datetime | None, datetime | None, dict[str, int]]:
+    """A job's record, start and cancel times and per-step attempts, from its hash."""
+    record = JobRecord.model_validate_json(fields[RECORD_FIELD.encode()])
+    attempts = {
+        name.decode().removeprefix(ATTEMPTS_PREFIX): int(value)
+        for name, value in fields.items()
+        if name.startswith(ATTEMPTS_PREFIX.encode())
+    }
+    return (
+        record,
+        _moment(fields.get(STARTED_AT_FIELD.encode())),
+        _moment(fields.get(CANCELED_AT_FIELD.encode())),
+        attempts,
+    )
 
 
 def _moment(value: bytes | None) -> datetime | None:
