@@ -1,9 +1,13 @@
-"""What every task does around its work: job bookkeeping, cancellation and retries.
+"""What every task does around its work: its lease, job bookkeeping, cancellation and
+retries.
 
-:class:`JobTask` is the base class of all tasks. Before a task runs it stamps the job
-registry (start time, attempts) and checks whether the job was canceled; while it runs,
-:class:`CancelToken` tells a generation to stop at its next token; transient errors are
-retried with exponential backoff and jitter, bad input fails at once.
+:class:`JobTask` is the base class of all tasks. Before a task runs it takes the step's
+lease (:mod:`worker.leases`: a delivery of a step another live worker runs is deferred,
+not run), stamps the job registry (start time, attempts) and checks whether the job was
+canceled or failed in another step; while it runs, :class:`CancelToken` tells a
+generation to stop at its next token; transient errors are retried with exponential
+backoff and jitter, bad input fails at once. Each state the step stores carries its
+attempt, so that event streams can tell a retry's text from the last one's.
 """
 
 import logging
