@@ -34,9 +34,15 @@ NewTokens = Annotated[int, Field(ge=1, le=NEW_TOKENS_CEILING), Bound("max_new_to
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+#: Up to four strings that end the text (the text ends before the first one found).
+Stops = Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=4)]
 
 _TEMPERATURE_DOC = "Sampling temperature; 0 decodes greedily."
 _SEED_DOC = "Fixes the sampling: the same seed gives the same text."
+_STOP_DOC = (
+    "Up to 4 strings that end the text: it ends before the first one generated "
+    "(finish_reason `stop`), and no streamed delta ever shows what a stop cuts."
+)
 
 
 class Schema(BaseModel):
@@ -59,6 +65,7 @@ class GenerateInput(Schema):
     temperature: Temperature = Field(default=0.8, description=_TEMPERATURE_DOC)
     top_p: TopP = Field(default=0.95, description="Nucleus sampling mass.")
     seed: Seed | None = Field(default=None, description=_SEED_DOC)
+    stop: Stops = Field(default_factory=list, description=_STOP_DOC)
 
 
 class LongTextInput(Schema):
@@ -78,6 +85,9 @@ class LongTextInput(Schema):
     temperature: Temperature = Field(default=0.8, description=_TEMPERATURE_DOC)
     top_p: TopP = Field(default=0.95, description="Nucleus sampling mass.")
     seed: Seed | None = Field(default=None, description=_SEED_DOC)
+    stop: Stops = Field(
+        default_factory=list, description=_STOP_DOC + " The chunks after it are not written."
+    )
 
 
 class SummarizeInput(Schema):
@@ -201,6 +211,9 @@ class LongTextOutput(Schema):
     text: str = Field(description="The prompt's continuation, all chunks together.")
     chunks_generated: int
     tokens: int
+    finish_reason: Literal["length", "stop"] = Field(
+        default="length", description="`stop`: a stop string or the end of sequence came first."
+    )
     model: str
 
 

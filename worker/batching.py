@@ -452,6 +452,16 @@ def decode_batch(
             pass
 
 
+def end_token_ids(loaded: LoadedModel) -> frozenset[int]:
+    """Every id that ends a row: the tokenizer's end of sequence, and each id of the
+    model's ``generation_config.eos_token_id`` (a list for most instruct models: the end
+    of a turn as well as of the text)."""
+    config = getattr(loaded.model, "generation_config", None)
+    configured = getattr(config, "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    return frozenset(i for i in [loaded.tokenizer.eos_token_id, *ids] if i is not None)
+
+
 def decode_steps(
     loaded: LoadedModel,
     batch: list[Pending[DecodeRow, Decoded]],
@@ -469,6 +479,7 @@ def decode_steps(
     quarter of the running rows, or have waited ``JOIN_AFTER_STEPS`` steps.
     """
     device, tokenizer = loaded.device, loaded.tokenizer
+    eos_ids = end_token_ids(loaded)
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     capacity = capacity or len(batch)
@@ -485,7 +496,7 @@ def decode_steps(
         keep = []
         for j, (index, token) in enumerate(zip(group.index, tokens.tolist(), strict=True)):
             row: DecodeRow = batch[index].item
-            if token == eos_id:
+            if token in eos_ids:
                 finish(index, "stop")
                 continue
             generated[index].append(token)

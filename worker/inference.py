@@ -7,7 +7,7 @@ between concurrent requests: in the inference process (:mod:`worker.engine`) or,
 """
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, Literal
@@ -18,6 +18,7 @@ from worker.config import get_settings
 from worker.engine import inference_process
 from worker.errors import Canceled
 from worker.models import LoadedModel, ModelRole, get_registry
+from worker.stops import cut_at_stop
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def generate_text(
     temperature: float,
     top_p: float,
     seed: int | None,
+    stop: Sequence[str] = (),
     should_stop: StopCheck | None = None,
     on_tokens: OnTokens | None = None,
 ) -> GenerateOutput:
@@ -83,9 +85,11 @@ def generate_text(
     oldest tokens are dropped from what the model sees (never an error): the text is
     written in rounds that each fit the window.
 
-    ``on_tokens`` hears the tokens generated so far after each new one; ``should_stop``
-    is asked after each token, and once it answers yes the generation ends there and
-    :class:`~worker.errors.Canceled` is raised.
+    The text ends before the first of the ``stop`` strings (``finish_reason`` ``stop``,
+    as for an end-of-sequence token); the row is told to stop as soon as one shows up in
+    what streamed. ``on_tokens`` hears the tokens generated so far after each new one;
+    ``should_stop`` is asked after each token, and once it answers yes the generation
+    ends there and :class:`~worker.errors.Canceled` is raised.
     """
     tokenizer = loaded.tokenizer
     prompt_ids: list[int] = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
@@ -94,6 +98,7 @@ def generate_text(
     generated: list[int] = []
     finish_reason: Literal["length", "stop"] = "length"
     seen_prompt_tokens = 0
+    stopped = StopWatch(tokenizer, stop, on_tokens)
     while len(generated) < max_new_tokens:
         remaining = max_new_tokens - len(generated)
         context = prompt_ids + generated
@@ -108,25 +113,71 @@ def generate_text(
                 temperature=temperature,
                 top_p=top_p,
                 seed=seed + len(generated),  # each round draws afresh, reproducibly
-                should_stop=should_stop,
-                on_tokens=_after(generated, on_tokens),
+                should_stop=stopped.or_else(should_stop),
+                on_tokens=_after(generated, stopped.hear if stop else on_tokens),
             )
         )
         generated += decoded.tokens
+        if stop and (cut := stopped.cut(generated)) is not None:
+            generated, finish_reason = cut, "stop"
+            break
         if decoded.finish_reason == "canceled":
             raise Canceled(f"canceled after {len(generated)} of {max_new_tokens} tokens")
         if decoded.finish_reason == "stop":
             finish_reason = "stop"
             break
+    text = tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    if finish_reason == "stop" and stop:
+        text = text[: cut_at_stop(text, stop)]
     return GenerateOutput(
-        text=tokenizer.decode(
-            generated, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        ),
+        text=text,
         tokens=len(generated),
         finish_reason=finish_reason,
         prompt_tokens=seen_prompt_tokens,
         model=loaded.name,
     )
+
+
+class StopWatch:
+    """Looks for the stop strings in the tokens as they stream, and says to stop once one
+    shows up (the decode loop asks after each token)."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], on_tokens: OnTokens | None) -> None:
+        self._tokenizer = tokenizer
+        self._stops = list(stops)
+        self._on_tokens = on_tokens
+        self.hit = False
+
+    def hear(self, tokens: list[int]) -> None:
+        if not self.hit:
+            self.hit = cut_at_stop(self._decode(tokens), self._stops) is not None
+        if self._on_tokens is not None:
+            self._on_tokens(tokens)
+
+    def or_else(self, should_stop: StopCheck | None) -> StopCheck | None:
+        if not self._stops:
+            return should_stop
+        return lambda: self.hit or (should_stop is not None and should_stop())
+
+    def cut(self, tokens: list[int]) -> list[int] | None:
+        """The fewest tokens whose text holds the first stop string, or None."""
+        if cut_at_stop(self._decode(tokens), self._stops) is None:
+            return None
+        low, high = 1, len(tokens)  # the text of tokens[:high] holds it
+        while low < high:
+            middle = (low + high) // 2
+            if cut_at_stop(self._decode(tokens[:middle]), self._stops) is None:
+                low = middle + 1
+            else:
+                high = middle
+        return tokens[:high]
+
+    def _decode(self, tokens: list[int]) -> str:
+        return str(
+            self._tokenizer.decode(
+                tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
+        )
 
 
 def _after(earlier: list[int], on_tokens: OnTokens | None) -> OnTokens | None:

@@ -8,7 +8,7 @@ the list of the parallel steps' results (chord bodies): no task waits on another
 """
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -35,6 +35,7 @@ from worker.config import get_settings
 from worker.errors import InvalidInput
 from worker.jobs import JobTask
 from worker.models import ModelRole
+from worker.stops import cut_at_stop, visible_text
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -81,6 +82,7 @@ def _generate(
 ) -> GenerateOutput:
     """Generate, streaming the text into the task's progress and stopping if canceled."""
     total = options["max_new_tokens"]
+    stops = options.get("stop") or []
     loaded = inference.served(ModelRole.GENERATOR)
     progress = task.progress  # called back from the batcher's thread: bind it here
 
@@ -91,7 +93,8 @@ def _generate(
 
     def stream(tokens: list[int]) -> None:
         if progress.due():  # decode only when an update will be published
-            report(len(tokens), inference.stable_text(loaded.tokenizer, tokens))
+            text = inference.stable_text(loaded.tokenizer, tokens)
+            report(len(tokens), visible_text(text, stops))
 
     return inference.generate_text(
         loaded, prompt=prompt, should_stop=task.should_stop, on_tokens=stream, **options
@@ -112,6 +115,7 @@ def generate_text(
     temperature: float = 0.8,
     top_p: float = 0.95,
     seed: int | None = None,
+    stop: list[str] | None = None,
 ) -> dict[str, Any]:
     """Continue ``prompt``; returns ``{text, tokens, finish_reason, prompt_tokens, model}``."""
     payload = _validated(
@@ -122,6 +126,7 @@ def generate_text(
             "temperature": temperature,
             "top_p": top_p,
             "seed": seed,
+            "stop": stop or [],
         },
     )
     return _generate(self, **payload.model_dump()).model_dump()
@@ -132,7 +137,9 @@ def generate_long_text(self: JobTask, prompt: str, **options: Any) -> dict[str, 
     """Write ``chunks`` chunks one after the other, reporting progress after each."""
     payload = _validated(LongTextInput, {"prompt": prompt, **options})
     text, tokens, model = "", 0, ""
+    finish_reason: Literal["length", "stop"] = "length"
     progress = self.progress
+    chunks_written = 0
     for index in range(payload.chunks):
 
         def report_chunk(
@@ -142,7 +149,7 @@ def generate_long_text(self: JobTask, prompt: str, **options: Any) -> dict[str, 
                 current=index,
                 total=payload.chunks,
                 message=f"writing chunk {index + 1} of {payload.chunks}",
-                text=written + chunk_text,
+                text=visible_text(written + chunk_text, payload.stop),
             )
 
         chunk = _generate(
@@ -153,17 +160,29 @@ def generate_long_text(self: JobTask, prompt: str, **options: Any) -> dict[str, 
             temperature=payload.temperature,
             top_p=payload.top_p,
             seed=None if payload.seed is None else payload.seed + index,
+            stop=payload.stop,
         )
         text, tokens, model = text + chunk.text, tokens + chunk.tokens, chunk.model
+        chunks_written = index + 1
+        # A stop string ends the whole text (also one that spans two chunks).
+        if (at := cut_at_stop(text, payload.stop)) is not None or (
+            chunk.finish_reason == "stop" and payload.stop
+        ):
+            text, finish_reason = text[:at], "stop"
+            break
         progress.report(
             current=index + 1,
             total=payload.chunks,
             message=f"chunk {index + 1} of {payload.chunks} written",
-            text=text,
+            text=visible_text(text, payload.stop),
             force=True,
         )
     return LongTextOutput(
-        text=text, chunks_generated=payload.chunks, tokens=tokens, model=model
+        text=text,
+        chunks_generated=chunks_written,
+        tokens=tokens,
+        finish_reason=finish_reason,
+        model=model,
     ).model_dump()
 
 

@@ -258,3 +258,20 @@ def test_a_client_that_reads_slowly_costs_bounded_memory(log_dir: Path):
         stack.close()
         api.stop()
         server.stop()
+
+
+def test_a_stop_string_cuts_the_text_and_the_stream_never_shows_what_it_cut(
+    client: httpx.Client,
+):
+    body = {"prompt": "SLOW: The lighthouse", "max_new_tokens": 40, "temperature": 0.0}
+    full = wait_for_job(client, submit(client, input=body)["id"])["output"]["text"]
+    start = len(full) // 2
+    stop = full[start : start + 4]
+    job = submit(client, input=body | {"stop": [stop, "never in it \x01"]})
+    received = events(client, job["id"])
+    done = received[-1].data
+    assert done["status"] == "succeeded"
+    assert done["output"]["finish_reason"] == "stop"
+    assert done["output"]["text"] == full[: full.find(stop)]
+    # The deltas add up to the cut text: none showed what the stop cut.
+    assert text_of(received) == done["output"]["text"]

@@ -202,3 +202,16 @@ def test_a_failed_variation_fails_the_job_while_the_others_are_queued(
     steps = record_of(redis_url, job_id).steps
     log = worker.log.read_text()
     assert all(f"started (task {step.task_id}," not in log for step in steps[4:])
+
+
+def test_a_stop_string_ends_a_long_text_whatever_chunk_it_is_in(client: httpx.Client):
+    body = {"prompt": "The crew woke", "chunks": 4, "chunk_tokens": 20, "temperature": 0.0}
+    full = run(client, "long_text", **body)["output"]
+    stop = full["text"][len(full["text"]) * 2 // 3 :][:4]
+    job = client.post("/v1/jobs", json={"kind": "long_text", "input": body | {"stop": [stop]}})
+    done = wait_for_job(client, job.json()["id"])
+    assert done["status"] == "succeeded", done
+    cut = done["output"]
+    assert cut["text"] == full["text"][: full["text"].find(stop)]
+    assert cut["finish_reason"] == "stop" and full["finish_reason"] == "length"
+    assert cut["chunks_generated"] <= 4 and cut["tokens"] < full["tokens"]

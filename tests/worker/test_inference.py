@@ -1,4 +1,6 @@
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,53 @@ def test_summarizer_writes_a_short_text(models: ModelRegistry):
     )
     assert 0 < len(summary) < len(text)
     assert re.search(r"[A-Za-z]{3,}", summary)
+
+
+def test_a_stop_string_ends_the_text_before_it(generator: Served):
+    full = generate(generator, "Once upon a time", temperature=0.0, max_new_tokens=60)
+    # A stop string from the middle of the text (its first occurrence), spanning tokens.
+    start = len(full.text) // 3
+    stop = full.text[start : start + 5]
+    first = full.text.find(stop)
+    heard: list[list[int]] = []
+    cut = generate(
+        generator, "Once upon a time", temperature=0.0, max_new_tokens=60, stop=["\x00", stop],
+        on_tokens=lambda tokens: heard.append(list(tokens)),
+    )  # fmt: skip
+    assert cut.text == full.text[:first]
+    assert cut.finish_reason == "stop"
+    assert cut.tokens < full.tokens
+    # The row was told to stop once the stop string streamed, not run to its length.
+    assert len(heard[-1]) < 60
+
+
+def test_every_end_of_sequence_id_of_the_model_ends_a_row(
+    generator: Served, tiny_models_dir: Path, tmp_path: Path
+):
+    heard: list[list[int]] = []
+    generate(
+        generator, "The harbor", temperature=0.0, max_new_tokens=30,
+        on_tokens=lambda tokens: heard.append(list(tokens)),
+    )  # fmt: skip
+    ids = heard[-1]  # the greedy tokens
+    # Two ids of the greedy text that first occur at different places.
+    firsts = {token: ids.index(token) for token in reversed(ids)}
+    (early, at_early), (late, at_late) = sorted(firsts.items(), key=lambda item: item[1])[2:4]
+    source = tiny_models_dir / "generator"
+    eos = json.loads((source / "generation_config.json").read_text())["eos_token_id"]
+    for end_ids, at in (([eos, late], at_late), ([early, eos], at_early)):
+        # A checkpoint whose generation config lists several end ids, as instruct models do.
+        folder = tmp_path / f"ends-{at}"
+        shutil.copytree(source, folder)
+        generation = folder / "generation_config.json"
+        config = json.loads(generation.read_text())
+        generation.write_text(json.dumps(config | {"eos_token_id": end_ids}))
+        registry = ModelRegistry(
+            WorkerSettings(generator_model=str(folder), model_cache_dir=tiny_models_dir.parent)
+        )
+        ended = generate(
+            Served.here(registry.get(ModelRole.GENERATOR)), "The harbor",
+            temperature=0.0, max_new_tokens=30,
+        )  # fmt: skip
+        assert ended.finish_reason == "stop"
+        assert ended.tokens == at
