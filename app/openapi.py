@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from app.core.config import ApiSettings
 from contracts.jobs import JOB_MODELS
-from contracts.schemas import bounded_fields
+from contracts.schemas import TotalChars, bounded_fields
 
 
 def bounded_models() -> list[type[BaseModel]]:
@@ -34,6 +34,8 @@ def apply_bounds(document: dict[str, Any], settings: ApiSettings) -> None:
             if schema is None:
                 continue
             for name, bound in bounded_fields(model):
+                if isinstance(bound, TotalChars):
+                    continue  # a sum over items: JSON Schema cannot say it; the 422 does
                 field = schema["properties"][name]
                 limit = getattr(settings, bound.setting)
                 key = {"string": "maxLength", "array": "maxItems"}.get(field.get("type"), "maximum")

@@ -77,6 +77,7 @@ def steps_of(kind: JobKind, job_input: dict[str, Any]) -> list[Step]:
 
 _SINGLE_TASKS = {
     JobKind.GENERATE: TaskName.GENERATE,
+    JobKind.CHAT: TaskName.CHAT,
     JobKind.LONG_TEXT: TaskName.LONG_TEXT,
     JobKind.SUMMARIZE: TaskName.SUMMARIZE,
     JobKind.SENTIMENT: TaskName.SENTIMENT,
@@ -171,6 +172,7 @@ def _variations(job_input: dict[str, Any], results: list[Any]) -> JobOutput:
 
 _OUTPUTS: dict[JobKind, Callable[[dict[str, Any], list[Any]], JobOutput]] = {
     JobKind.GENERATE: _single(GenerateOutput),
+    JobKind.CHAT: _single(GenerateOutput),
     JobKind.LONG_TEXT: _single(LongTextOutput),
     JobKind.SUMMARIZE: _single(SummarizeOutput),
     JobKind.SENTIMENT: _single(SentimentOutput),

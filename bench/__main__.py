@@ -1,6 +1,6 @@
 """``make bench``: run the benchmarks, write bench/results/*.json.
 
-``python -m bench [NAME ...]`` runs only the named ones (startup, kinds, events, throughput);
+``python -m bench [NAME ...]`` runs only the named ones (startup, kinds, events, stall, throughput);
 ``--full`` runs the long versions (meant for a GPU machine).
 """
 
@@ -8,12 +8,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import events, kinds, startup, throughput
+from bench import events, kinds, stall, startup, throughput
 
 BENCHMARKS: dict[str, Callable[[], Any]] = {
     "startup": startup.main,
     "kinds": kinds.main,
     "events": events.main,
+    "stall": stall.main,
     "throughput": throughput.main,
 }
 

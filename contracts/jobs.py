@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts.names import DEFAULT_PRIORITY, PRIORITY_LEVELS, JobKind
 from contracts.schemas import (
     Bound,
+    ChatInput,
     DocumentInput,
     GenerateInput,
     JobOutput,
@@ -66,6 +67,13 @@ class GenerateJob(JobOptions):
     input: GenerateInput
 
 
+class ChatJob(JobOptions):
+    """Answer a conversation with the generator model's chat template (one task)."""
+
+    kind: Literal["chat"]
+    input: ChatInput
+
+
 class LongTextJob(JobOptions):
     """Write a long text chunk by chunk, with progress per chunk (one task)."""
 
@@ -117,6 +125,7 @@ class ReplyJob(JobOptions):
 
 JobCreate = Annotated[
     GenerateJob
+    | ChatJob
     | LongTextJob
     | SummarizeJob
     | SentimentJob
@@ -128,6 +137,7 @@ JobCreate = Annotated[
 ]
 JOB_MODELS: tuple[type[JobOptions], ...] = (
     GenerateJob,
+    ChatJob,
     LongTextJob,
     SummarizeJob,
     SentimentJob,

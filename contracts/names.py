@@ -7,6 +7,7 @@ class TaskName(StrEnum):
     """Registered Celery task names. The API sends signatures by these names only."""
 
     GENERATE = "llm_tasks.generate"
+    CHAT = "llm_tasks.chat"
     LONG_TEXT = "llm_tasks.long_text"
     SUMMARIZE = "llm_tasks.summarize"
     SENTIMENT = "llm_tasks.sentiment"
@@ -32,6 +33,7 @@ class JobKind(StrEnum):
     """What a client can ask for at POST /v1/jobs."""
 
     GENERATE = "generate"
+    CHAT = "chat"
     LONG_TEXT = "long_text"
     SUMMARIZE = "summarize"
     SENTIMENT = "sentiment"
@@ -43,6 +45,7 @@ class JobKind(StrEnum):
 
 TASK_QUEUES: dict[TaskName, QueueName] = {
     TaskName.GENERATE: QueueName.GENERATE,
+    TaskName.CHAT: QueueName.GENERATE,
     TaskName.LONG_TEXT: QueueName.GENERATE,
     TaskName.SUMMARIZE: QueueName.SUMMARIZE,
     TaskName.SENTIMENT: QueueName.CLASSIFY,

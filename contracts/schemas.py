@@ -26,6 +26,13 @@ class Bound:
     setting: str
 
 
+@dataclass(frozen=True)
+class TotalChars:
+    """The characters of all the field's messages together may not exceed this setting."""
+
+    setting: str
+
+
 Prompt = Annotated[
     str, Field(min_length=1, max_length=PROMPT_CHARS_CEILING), Bound("max_prompt_chars")
 ]
@@ -62,6 +69,43 @@ class GenerateInput(Schema):
 
     prompt: Prompt = Field(description="Text to continue.")
     max_new_tokens: NewTokens = Field(default=64, description="Tokens to generate at most.")
+    temperature: Temperature = Field(default=0.8, description=_TEMPERATURE_DOC)
+    top_p: TopP = Field(default=0.95, description="Nucleus sampling mass.")
+    seed: Seed | None = Field(default=None, description=_SEED_DOC)
+    stop: Stops = Field(default_factory=list, description=_STOP_DOC)
+
+
+class ChatMessage(Schema):
+    role: Literal["system", "user", "assistant"] = Field(description="Who says it.")
+    content: Annotated[str, Field(max_length=PROMPT_CHARS_CEILING)] = Field(
+        description="What is said."
+    )
+
+
+class ChatInput(Schema):
+    """Answer a conversation with the generator model, in its own chat template."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "messages": [
+                        {"role": "system", "content": "You answer in one short sentence."},
+                        {"role": "user", "content": "Where does the fox live?"},
+                    ],
+                    "max_new_tokens": 40,
+                }
+            ]
+        }
+    )
+
+    messages: Annotated[
+        list[ChatMessage],
+        Field(min_length=1, max_length=1000),
+        Bound("max_chat_messages"),
+        TotalChars("max_prompt_chars"),
+    ] = Field(description="The conversation so far; the reply is the assistant's next turn.")
+    max_new_tokens: NewTokens = Field(default=64, description="Tokens the reply has at most.")
     temperature: Temperature = Field(default=0.8, description=_TEMPERATURE_DOC)
     top_p: TopP = Field(default=0.95, description="Nucleus sampling mass.")
     seed: Seed | None = Field(default=None, description=_SEED_DOC)
@@ -288,10 +332,10 @@ class LimitViolation(BaseModel):
     message: str
 
 
-def bounded_fields(model: type[BaseModel]) -> Iterator[tuple[str, Bound]]:
-    """The model's fields that carry a :class:`Bound`, with it."""
+def bounded_fields(model: type[BaseModel]) -> Iterator[tuple[str, Bound | TotalChars]]:
+    """The model's fields that carry a :class:`Bound` or :class:`TotalChars`, with it."""
     for name, info in model.model_fields.items():
-        for bound in (meta for meta in info.metadata if isinstance(meta, Bound)):
+        for bound in (meta for meta in info.metadata if isinstance(meta, Bound | TotalChars)):
             yield name, bound
 
 
@@ -303,7 +347,9 @@ def limit_violations(payload: BaseModel, settings: "CommonSettings") -> list[Lim
         value = getattr(payload, name)
         if value is None:
             continue
-        if isinstance(value, str):
+        if isinstance(bound, TotalChars):
+            size, unit = sum(len(message.content) for message in value), " characters in all"
+        elif isinstance(value, str):
             size, unit = len(value), " characters"
         elif isinstance(value, list):
             size, unit = len(value), " items"

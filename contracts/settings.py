@@ -40,6 +40,9 @@ class CommonSettings(BaseSettings):
     max_text_chars: int = Field(
         default=20_000, ge=1, description="Longest text to summarize, classify or analyze."
     )
+    max_chat_messages: int = Field(
+        default=64, ge=1, description="Most messages in one chat job's conversation."
+    )
     max_chunks: int = Field(default=16, ge=1, description="Most chunks of one long_text job.")
     max_variations: int = Field(
         default=16, ge=1, description="Most temperatures of one variations job."

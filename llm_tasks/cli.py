@@ -28,7 +28,7 @@ EXIT_OK, EXIT_JOB_NOT_SUCCEEDED, EXIT_ERROR = 0, 1, 2
 
 def main_fields() -> dict[str, str]:
     """Each kind's main text field (``prompt``, ``topic``, ``text``, ``message``), which the
-    TEXT argument of ``submit`` fills."""
+    TEXT argument of ``submit`` fills (for ``chat``, ``messages``: TEXT is the user's)."""
     fields = {}
     for model in JOB_MODELS:
         kind = model.model_fields["kind"].annotation.__args__[0]  # type: ignore[union-attr]
@@ -105,7 +105,13 @@ def job_input(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError("--input must be a JSON object")
         values.update(loaded)
     if args.text is not None:
-        values[MAIN_FIELDS[args.kind]] = args.text
+        field = MAIN_FIELDS[args.kind]
+        # A chat's TEXT is the user's message: it follows the conversation --input gave.
+        values[field] = (
+            [*values.get(field, []), {"role": "user", "content": args.text}]
+            if field == "messages"
+            else args.text
+        )
     for assignment in args.set:
         field, sep, raw = assignment.partition("=")
         if not sep or not field:

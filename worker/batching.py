@@ -31,7 +31,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -39,6 +39,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import torch
 from transformers import Cache, DynamicCache
+from transformers.generation.streamers import BaseStreamer
 
 from contracts.metrics import BATCH_SIZE, BUSY_SECONDS, TOKENS
 from worker.config import get_settings
@@ -285,6 +286,8 @@ class DecodeRow:
     seed: int
     should_stop: Callable[[], bool] | None = None
     on_tokens: Callable[[list[int]], None] | None = None
+    #: Ids that end this row besides the model's own end-of-sequence ids (a turn's end).
+    end_ids: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -496,7 +499,7 @@ def decode_steps(
         keep = []
         for j, (index, token) in enumerate(zip(group.index, tokens.tolist(), strict=True)):
             row: DecodeRow = batch[index].item
-            if token in eos_ids:
+            if token in eos_ids or token in row.end_ids:
                 finish(index, "stop")
                 continue
             generated[index].append(token)
@@ -663,20 +666,77 @@ def classify_texts(loaded: LoadedModel, texts: list[str]) -> list[Sentiment]:
     ]
 
 
-def summarize_texts(
+class _Turns(BaseStreamer):
+    """Hands the device back after each token of a ``generate``: the streamer's ``put`` is
+    called once per step, and waits there until the device loop gives the next turn."""
+
+    def __init__(self) -> None:
+        self.go = threading.Semaphore(0)
+        self.paused = threading.Semaphore(0)
+        self.abandoned = False
+
+    def put(self, value: Any) -> None:
+        self.paused.release()
+        self.go.acquire()
+        if self.abandoned:
+            raise _Abandoned
+
+    def end(self) -> None:
+        pass
+
+
+class _Abandoned(Exception):
+    """The device loop gave the run up: the ``generate`` it was stepping ends here."""
+
+
+def summarize_steps(
     loaded: LoadedModel, texts: list[str], *, min_new_tokens: int, max_new_tokens: int
-) -> list[str]:
-    """One batched seq2seq ``generate`` (transformers 5 has no summarization pipeline)."""
+) -> Generator[None, None, list[str]]:
+    """One batched seq2seq ``generate`` (transformers 5 has no summarization pipeline),
+    a token at a time: it runs in a thread of its own that takes turns with the device's
+    inference thread, yielding after each step like the decode loop, so that a long
+    summary does not stall the generations that share the device. Returns the summaries.
+    """
     tokenizer, model = loaded.tokenizer, loaded.model
     encoded = _encode(loaded, texts)
-    with loaded.lock, torch.inference_mode():
-        output = model.generate(  # type: ignore[operator]
-            **encoded,
-            min_new_tokens=min_new_tokens,
-            max_new_tokens=max_new_tokens,
-            num_beams=1,
-            do_sample=False,
-        )
+    turns = _Turns()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        turns.go.acquire()
+        try:
+            with loaded.lock, torch.inference_mode():
+                outcome["output"] = model.generate(  # type: ignore[operator]
+                    **encoded,
+                    min_new_tokens=min_new_tokens,
+                    max_new_tokens=max_new_tokens,
+                    num_beams=1,
+                    do_sample=False,
+                    streamer=turns,
+                )
+        except BaseException as error:  # handed to the inference thread
+            outcome["error"] = error
+        finally:
+            outcome["done"] = True
+            turns.paused.release()
+
+    thread = threading.Thread(target=run, name="summary-steps", daemon=True)
+    thread.start()
+    try:
+        while True:
+            turns.go.release()
+            turns.paused.acquire()
+            if outcome.get("done"):
+                break
+            yield
+    finally:
+        if not outcome.get("done"):
+            turns.abandoned = True
+            turns.go.release()
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    output = outcome["output"]
     return [str(text).strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
 
 
@@ -698,19 +758,18 @@ def classify_batch(
 def summarize_batch(
     loaded: LoadedModel, batch: list[Pending[SummaryRequest, str]], *_: Any
 ) -> Iterator[None]:
-    """A ``generate`` per group of the same bounds and similar lengths."""
+    """A ``generate`` per group of the same bounds and similar lengths, a pass per token."""
     by_bounds: dict[tuple[int, int], list[Pending[SummaryRequest, str]]] = {}
     for pending in batch:
         bounds = (pending.item.min_new_tokens, pending.item.max_new_tokens)
         by_bounds.setdefault(bounds, []).append(pending)
     for (low, high), same_bounds in by_bounds.items():
         for group in _by_length(same_bounds, lambda item: len(item.text)):
-            summaries = summarize_texts(
+            summaries = yield from summarize_steps(
                 loaded, [p.item.text for p in group], min_new_tokens=low, max_new_tokens=high
             )
             for pending, summary in zip(group, summaries, strict=True):
                 pending.future.set_result(summary)
-            yield
 
 
 _RUNNERS: dict[ModelRole, Runner] = {

@@ -78,6 +78,8 @@ def generate_text(
     top_p: float,
     seed: int | None,
     stop: Sequence[str] = (),
+    prompt_ids: list[int] | None = None,
+    end_ids: frozenset[int] = frozenset(),
     should_stop: StopCheck | None = None,
     on_tokens: OnTokens | None = None,
 ) -> GenerateOutput:
@@ -89,10 +91,12 @@ def generate_text(
     as for an end-of-sequence token); the row is told to stop as soon as one shows up in
     what streamed. ``on_tokens`` hears the tokens generated so far after each new one;
     ``should_stop`` is asked after each token, and once it answers yes the generation
-    ends there and :class:`~worker.errors.Canceled` is raised.
+    ends there and :class:`~worker.errors.Canceled` is raised. ``prompt_ids`` (a chat
+    template's rendering) stand for ``prompt``; ``end_ids`` end the text too (a turn's end).
     """
     tokenizer = loaded.tokenizer
-    prompt_ids: list[int] = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
+    if prompt_ids is None:
+        prompt_ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
     window = loaded.context_window
     seed = seed if seed is not None else secrets.randbits(32)
     generated: list[int] = []
@@ -115,6 +119,7 @@ def generate_text(
                 seed=seed + len(generated),  # each round draws afresh, reproducibly
                 should_stop=stopped.or_else(should_stop),
                 on_tokens=_after(generated, stopped.hear if stop else on_tokens),
+                end_ids=end_ids,
             )
         )
         generated += decoded.tokens

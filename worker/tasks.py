@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from contracts.names import TaskName
 from contracts.schemas import (
+    ChatInput,
     DocumentOutput,
     GenerateInput,
     GenerateOutput,
@@ -29,7 +30,7 @@ from contracts.schemas import (
     SummarizeOutput,
     limit_violations,
 )
-from worker import inference
+from worker import chat, inference
 from worker.celery_app import app
 from worker.config import get_settings
 from worker.errors import InvalidInput
@@ -130,6 +131,41 @@ def generate_text(
         },
     )
     return _generate(self, **payload.model_dump()).model_dump()
+
+
+@app.task(name=TaskName.CHAT, bind=True, base=JobTask)
+def chat_reply(
+    self: JobTask,
+    messages: list[dict[str, str]],
+    max_new_tokens: int = 64,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    seed: int | None = None,
+    stop: list[str] | None = None,
+) -> dict[str, Any]:
+    """The assistant's next turn in ``messages`` (rendered by the model's chat template);
+    returns ``{text, tokens, finish_reason, prompt_tokens, model}``."""
+    payload = _validated(
+        ChatInput,
+        {
+            "messages": messages,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "seed": seed,
+            "stop": stop or [],
+        },
+    )
+    loaded = inference.served(ModelRole.GENERATOR)
+    conversation = [message.model_dump() for message in payload.messages]
+    options = payload.model_dump(exclude={"messages"})
+    return _generate(
+        self,
+        "",
+        prompt_ids=chat.render(loaded.tokenizer, conversation, loaded.name),
+        end_ids=chat.turn_end_ids(loaded.tokenizer),
+        **options,
+    ).model_dump()
 
 
 @app.task(name=TaskName.LONG_TEXT, bind=True, base=JobTask)

@@ -39,10 +39,12 @@ from transformers import (
 logger = logging.getLogger(__name__)
 
 #: Bump when the recipe changes: the cache folder name depends on it.
-RECIPE_VERSION = 4
+RECIPE_VERSION = 6
 SEED = 1234
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>", "<|end|>"]
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+#: Ends a turn of a conversation (in the chat template), as <|eot_id|> does for Llama 3.
+END_OF_TURN, END_OF_TURN_ID = "<|end|>", 5
 VOCAB_SIZE = 2048
 GENERATOR_CONTEXT = 256
 LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
@@ -58,6 +60,27 @@ def corpus_paragraphs() -> list[str]:
     return [line.strip() for line in _asset("corpus.txt").splitlines() if line.strip()]
 
 
+#: The generator's chat template: each turn a line "role: content" ended by <|end|>, and
+#: the reply starts after "assistant:". The model learns it from the chat lines it is
+#: trained on, so that a `chat` job's answer reads like one and ends with its turn.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'] }}: {{ message['content'] }}<|end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def chat_lines() -> list[str]:
+    """Short conversations, rendered as the chat template renders them."""
+    lines = []
+    for line in _asset("chat.txt").splitlines():
+        if line.strip():
+            turns = line.split("\t")
+            lines.append("".join(f"{turn.strip()}{END_OF_TURN}\n" for turn in turns))
+    return lines
+
+
 def sentiment_examples() -> list[tuple[str, int]]:
     rows = [line.split("\t", 1) for line in _asset("sentiment.tsv").splitlines()[1:] if line]
     label_ids = {label: index for index, label in LABELS.items()}
@@ -69,6 +92,7 @@ def recipe_digest() -> str:
     digest = hashlib.sha256()
     digest.update(f"{RECIPE_VERSION}:{transformers.__version__.split('.')[0]}".encode())
     digest.update(_asset("corpus.txt").encode())
+    digest.update(_asset("chat.txt").encode())
     digest.update(_asset("sentiment.tsv").encode())
     return digest.hexdigest()[:12]
 
@@ -135,7 +159,7 @@ def _train_tokenizer() -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    texts = corpus_paragraphs() + [text for text, _ in sentiment_examples()]
+    texts = corpus_paragraphs() + chat_lines() + [text for text, _ in sentiment_examples()]
     tokenizer.train_from_iterator(texts, trainer)
     return tokenizer
 
@@ -188,7 +212,13 @@ def _build_generator(tokenizer: Tokenizer) -> tuple[PreTrainedModel, PreTrainedT
     model = GPT2LMHeadModel(config)
     # Paragraphs run on without an end-of-text token, so that the model writes on until
     # max_new_tokens rather than stopping after a sentence.
-    data = torch.tensor(wrapped("\n".join(corpus_paragraphs()))["input_ids"])
+    # The chat lines (each turn ended by <|end|>, as the chat template writes them) are mixed
+    # in between the paragraphs, so that an answer after "assistant:" ends its turn.
+    paragraphs, chats = corpus_paragraphs(), chat_lines()
+    random.Random(SEED).shuffle(chats)
+    mixed = [text for pair in zip(paragraphs, chats, strict=False) for text in pair]
+    mixed += paragraphs[len(chats) :]
+    data = torch.tensor(wrapped("\n".join(mixed))["input_ids"])
     block, batch = 64, 16
 
     def batches() -> Iterator[dict[str, torch.Tensor]]:
@@ -199,6 +229,7 @@ def _build_generator(tokenizer: Tokenizer) -> tuple[PreTrainedModel, PreTrainedT
 
     _train(model, batches(), steps=200, lr=3e-3)
     model.generation_config.pad_token_id = PAD_ID
+    wrapped.chat_template = CHAT_TEMPLATE
     return model, wrapped
 
 

@@ -199,3 +199,29 @@ def test_a_retried_step_starts_its_text_over_on_the_terminal(api_url: str, clien
     text = job["output"]["text"]
     ending = "" if text.endswith("\n") else "\n"
     assert f"--- generate ---\n{text}{ending}[generate] succeeded" in second
+
+
+def test_submit_a_chat_message_and_watch_the_reply(
+    api_url: str, client: httpx.Client, tiny_models_dir: Path
+):
+    from transformers import AutoTokenizer
+
+    history = json.dumps({"messages": [{"role": "system", "content": "Be brief."}]})
+    done = cli(
+        api_url, "submit", "chat", "Where does the fox live?", "--input", history,
+        "--set", "max_new_tokens=30", "--watch",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    job_id = re.match(r"job (\S+) queued \(chat\)", done.stdout)[1]
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded"
+    # TEXT came after the conversation --input gave, as the user's message.
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Where does the fox live?"},
+    ]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models_dir / "generator")
+    rendered = tokenizer.apply_chat_template(conversation, add_generation_prompt=True)
+    assert job["output"]["prompt_tokens"] == len(rendered["input_ids"])
+    text = job["output"]["text"]
+    assert f"--- chat ---\n{text}" in done.stdout or not text

@@ -131,7 +131,12 @@ def test_a_workflow_streams_each_step(client: httpx.Client):
     running_steps = {
         s["name"] for snap in statuses for s in snap["steps"] if s["status"] == "running"
     }
-    assert running_steps == {"outline", "expand", "dialogue"}
+    # The slow first step is seen running. The later ones run in milliseconds: a snapshot
+    # is read when the stream gets to it, and may already find such a step ended.
+    assert "outline" in running_steps
+    # Snapshots never go back: steps end in their order.
+    done_counts = [sum(s["status"] == "succeeded" for s in snap["steps"]) for snap in statuses]
+    assert done_counts == sorted(done_counts)
 
 
 def test_a_canceled_job_ends_its_stream(client: httpx.Client):

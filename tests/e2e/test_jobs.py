@@ -187,3 +187,42 @@ def test_the_api_imports_neither_torch_nor_transformers():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_chat_job_answers_in_the_model_s_template(client: httpx.Client, tiny_models_dir):
+    from transformers import AutoTokenizer
+
+    messages = [
+        {"role": "system", "content": "You answer in one short sentence."},
+        {"role": "user", "content": "Where does the fox live?"},
+    ]
+    body = {"messages": messages, "max_new_tokens": 40, "seed": 3}
+    job = client.post("/v1/jobs", json={"kind": "chat", "input": body})
+    assert job.status_code == 202, job.text
+    done = wait_for_job(client, job.json()["id"])
+    assert done["status"] == "succeeded", done
+    output = done["output"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models_dir / "generator")
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+    assert output["prompt_tokens"] == len(rendered)
+    assert 1 <= output["tokens"] <= 40 and output["model"]
+    # The reply is the assistant's turn alone: it ends with it, not with the next one.
+    assert "user:" not in output["text"] and "<|end|>" not in output["text"]
+
+
+@pytest.mark.parametrize(
+    ("messages", "field"),
+    [
+        ([{"role": "wizard", "content": "Hi"}], "role"),
+        ([], "messages"),
+        ([{"role": "user"}], "content"),
+        ([{"role": "user", "content": "x" * 5000}] * 3, "messages"),  # over the total
+    ],
+)
+def test_a_bad_conversation_is_422_naming_the_field(
+    client: httpx.Client, messages: list, field: str
+):
+    response = client.post("/v1/jobs", json={"kind": "chat", "input": {"messages": messages}})
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert any(field in map(str, error["loc"]) for error in problem["errors"]), problem

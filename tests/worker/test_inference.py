@@ -1,6 +1,8 @@
 import json
 import re
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,28 @@ def test_every_end_of_sequence_id_of_the_model_ends_a_row(
         )  # fmt: skip
         assert ended.finish_reason == "stop"
         assert ended.tokens == at
+
+
+def test_a_long_summary_does_not_hold_up_a_generation(models: ModelRegistry, generator: Served):
+    """Both models share the device's inference thread. A summary takes a turn per token,
+    like the decode loop, so a generation started while a long summary runs streams and
+    ends before the summary does (one blocking ``generate`` made it wait to the end)."""
+    summarizer = Served.here(models.get(ModelRole.SUMMARIZER))
+    text = " ".join(corpus_paragraphs()[:6])
+    direct = inference.summarize(summarizer, text=text, min_new_tokens=5, max_new_tokens=30)
+    order: list[str] = []
+    with ThreadPoolExecutor(2) as pool:
+        summary = pool.submit(
+            inference.summarize, summarizer, text=text, min_new_tokens=200, max_new_tokens=200
+        )
+        summary.add_done_callback(lambda _: order.append("summary"))
+        time.sleep(0.3)  # the summary is under way
+        assert not summary.done()
+        generation = pool.submit(generate, generator, "Once upon a time", max_new_tokens=20)
+        generation.add_done_callback(lambda _: order.append("generation"))
+        assert generation.result(timeout=120).tokens == 20
+        summary.result(timeout=120)
+    assert order == ["generation", "summary"]
+    # Stepping changes nothing in what a summary says.
+    again = inference.summarize(summarizer, text=text, min_new_tokens=5, max_new_tokens=30)
+    assert again == direct
