@@ -17,7 +17,7 @@ from app.limits import (
     amqp_queue_counter,
     redis_queue_counter,
 )
-from app.routes import health, jobs, metrics, page
+from app.routes import health, jobs, metrics, models, page
 from contracts import logs
 from contracts.celery_config import create_celery_app, is_amqp
 
@@ -72,6 +72,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(jobs.router)
+    app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(page.router)

@@ -5,6 +5,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.models import ROLE_QUEUES, DeclaredModel, ModelRole
+
 
 class CommonSettings(BaseSettings):
     """Where Redis is, how long results live, and the bounds every job input obeys."""
@@ -47,6 +49,11 @@ class CommonSettings(BaseSettings):
     max_variations: int = Field(
         default=16, ge=1, description="Most temperatures of one variations job."
     )
+    generator_model: str = Field(
+        default="tiny", description="`tiny` (built offline) or a Hugging Face id / local path."
+    )
+    summarizer_model: str = Field(default="tiny", description="Seq2seq model for summaries.")
+    classifier_model: str = Field(default="tiny", description="Sentiment classifier.")
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="`json`: one JSON object per log line, with the job id (for log pipelines).",
@@ -57,6 +64,18 @@ class CommonSettings(BaseSettings):
         description="Longest delay_seconds accepted; defaults to half of RESULT_EXPIRES (a "
         "delayed job still has half its life to run and be read).",
     )
+
+    def declared_models(self) -> list[DeclaredModel]:
+        """The deployment's models: one per role, named by the role, on the role's queue."""
+        sources = {
+            ModelRole.GENERATOR: self.generator_model,
+            ModelRole.SUMMARIZER: self.summarizer_model,
+            ModelRole.CLASSIFIER: self.classifier_model,
+        }
+        return [
+            DeclaredModel(name=role.value, role=role, source=source, queue=ROLE_QUEUES[role])
+            for role, source in sources.items()
+        ]
 
     @property
     def effective_broker_url(self) -> str:

@@ -9,11 +9,6 @@ from contracts.settings import CommonSettings
 
 
 class WorkerSettings(CommonSettings):
-    generator_model: str = Field(
-        default="tiny", description="`tiny` (built offline) or a Hugging Face id / local path."
-    )
-    summarizer_model: str = Field(default="tiny", description="Seq2seq model for summaries.")
-    classifier_model: str = Field(default="tiny", description="Sentiment classifier.")
     device: str = Field(default="auto", description="`auto`, `cpu` or `cuda:N`.")
     batch_max_size: int = Field(
         default=32, ge=1, description="Most requests in one forward pass; 1 turns batching off."

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, Literal
 
+from contracts.models import PublishedModel
 from contracts.schemas import GenerateOutput
 from worker.batching import DecodeRow, Sentiment, SummaryRequest, batcher_for
+from worker.catalog import catalog
 from worker.config import get_settings
 from worker.engine import inference_process
 from worker.errors import Canceled
@@ -44,13 +46,23 @@ class Served:
 
 @lru_cache
 def served(role: ModelRole) -> Served:
-    """The ``role`` model for this process's tasks."""
+    """The ``role`` model for this process's tasks (published: this worker serves it)."""
     registry = get_registry()
     if get_settings().inference_process:
         card = registry.card(role)  # the tokenizer; the weights are in the other process
         submit_many = partial(inference_process().submit_many, str(role))
-        return Served(role, card.name, card.tokenizer, card.context_window, submit_many)
-    return Served.here(registry.get(role))
+        model = Served(role, card.name, card.tokenizer, card.context_window, submit_many)
+    else:
+        model = Served.here(registry.get(role))
+    [declared] = [m for m in get_settings().declared_models() if m.role is role]
+    catalog().publish(
+        PublishedModel(
+            **declared.model_dump(),
+            context_window=model.context_window,
+            chat_template=bool(getattr(model.tokenizer, "chat_template", None)),
+        )
+    )
+    return model
 
 
 StopCheck = Callable[[], bool]

@@ -4,7 +4,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,16 +22,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from contracts.models import ModelRole as ModelRole  # the roles, shared with the API
 from worker.config import WorkerSettings, get_settings
 from worker.tiny import ensure_tiny_models
 
 logger = logging.getLogger(__name__)
-
-
-class ModelRole(StrEnum):
-    GENERATOR = "generator"
-    CLASSIFIER = "classifier"
-    SUMMARIZER = "summarizer"
 
 
 #: What each role needs, in the words of the refusal.

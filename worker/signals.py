@@ -15,10 +15,12 @@ from celery.signals import (
     task_revoked,
     worker_init,
     worker_ready,
+    worker_shutdown,
 )
 
 from contracts.logs import formatter
 from contracts.names import WORKER_REFUSALS_KEY, WORKER_REFUSALS_TTL
+from worker.catalog import catalog
 from worker.config import get_settings
 from worker.engine import inference_process
 from worker.inference import served
@@ -59,6 +61,12 @@ def give_lease_up(sender: Any = None, **_: Any) -> None:
     """The step's final state (or its retry) is stored: its lease goes."""
     if sender is not None:
         release_lease(sender)
+
+
+@worker_shutdown.connect
+def withdraw_models(**_: Any) -> None:
+    """The worker stops: /v1/models no longer counts it."""
+    catalog().withdraw()
 
 
 @worker_ready.connect

@@ -10,20 +10,25 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from app import dispatch, workflows
+from app.core.config import ApiSettings
+from app.core.redis import AsyncRedis
 from app.deps import (
     CeleryDep,
     DepthsDep,
     HubDep,
     OwnerDep,
+    RedisDep,
     SettingsDep,
     StoreDep,
     enforce_rate_limit,
 )
 from app.errors import InputRejected, JobFinished, QueueFull
 from app.events import Inbox, job_events, step_channels
+from app.routes.models import published
 from app.status import build_job
 from app.store import StoredJob, decode_cursor, encode_cursor, score_of
 from contracts.jobs import JobCreate, JobPage, JobPublic, JobStatus, JobUrls, job_examples
+from contracts.models import ModelRole
 from contracts.names import DEFAULT_PRIORITY, JobKind
 from contracts.schemas import limit_violations
 
@@ -89,6 +94,7 @@ async def create_job(
     store: StoreDep,
     celery: CeleryDep,
     depths: DepthsDep,
+    redis: RedisDep,
 ) -> JobPublic:
     """Submit a job; answers at once with its id, status `queued` and where to follow it."""
     errors = [
@@ -98,6 +104,8 @@ async def create_job(
         {"loc": ["body", v.field], "msg": v.message + WHY_LIMITED.get(v.field, ""), "type": "limit"}
         for v in limit_violations(job, settings)
     ]
+    if job.kind == "chat":
+        errors += await _chat_template_missing(redis, settings)
     if errors:
         raise InputRejected(errors)
     if settings.max_queue_depth:
@@ -131,6 +139,20 @@ async def create_job(
     public = _public(request, stored)
     response.headers["Location"] = public.urls.self
     return public
+
+
+async def _chat_template_missing(redis: AsyncRedis, settings: ApiSettings) -> list[dict[str, Any]]:
+    """A chat needs the generator's chat template: known once a worker published the model
+    (before that, the job is accepted and a worker fails it if the template is missing)."""
+    [generator] = [m for m in settings.declared_models() if m.role is ModelRole.GENERATOR]
+    card = await published(redis, generator.name)
+    if card is None or card.source != generator.source or card.chat_template:
+        return []
+    message = (
+        f"the generator model {generator.name} ({generator.source}) has no chat template; "
+        "send a prompt with the generate kind"
+    )
+    return [{"loc": ["body", "kind"], "msg": message, "type": "chat_template"}]
 
 
 @router.get(

@@ -1,0 +1,74 @@
+"""The models a deployment declares, and what the workers that hold them publish.
+
+A worker that loads a model publishes its card (``MODELS_KEY``: name → JSON, with the
+context window and whether the tokenizer has a chat template) and beats a heartbeat per
+model (``model_workers_key``: a sorted set of worker names scored by their last beat), so
+that the API can list the models and how many live workers serve each — without torch,
+and without loading anything. A worker that stops takes its name off; one that dies
+stops beating and drops out after ``WORKER_TTL`` seconds.
+"""
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from contracts.names import QueueName
+
+MODELS_KEY = "llm-tasks:models"
+#: Seconds between a worker's beats, and after which a silent worker no longer counts.
+HEARTBEAT_SECONDS = 10
+WORKER_TTL = 3 * HEARTBEAT_SECONDS
+
+
+def model_workers_key(name: str) -> str:
+    return f"llm-tasks:model-workers:{name}"
+
+
+class ModelRole(StrEnum):
+    GENERATOR = "generator"
+    CLASSIFIER = "classifier"
+    SUMMARIZER = "summarizer"
+
+
+#: The queue each role's model consumes.
+ROLE_QUEUES = {
+    ModelRole.GENERATOR: QueueName.GENERATE,
+    ModelRole.SUMMARIZER: QueueName.SUMMARIZE,
+    ModelRole.CLASSIFIER: QueueName.CLASSIFY,
+}
+
+
+class DeclaredModel(BaseModel):
+    """A model of the deployment: the settings name it (``LLM_TASKS_<ROLE>_MODEL``)."""
+
+    name: str = Field(description="How jobs and the listing call it.")
+    role: ModelRole
+    source: str = Field(description="`tiny`, a Hugging Face id or a local folder.")
+    queue: str = Field(description="The queue its jobs go to; a worker consumes it to serve it.")
+
+
+class PublishedModel(BaseModel):
+    """What a worker that loaded the model knows of it."""
+
+    name: str
+    role: ModelRole
+    source: str
+    queue: str
+    context_window: int = Field(description="Prompt and generated tokens together.")
+    chat_template: bool = Field(description="Its tokenizer has a chat template (`chat` jobs).")
+
+
+class ModelPublic(BaseModel):
+    """A model as `GET /v1/models` lists it."""
+
+    name: str
+    role: ModelRole
+    source: str
+    queue: str
+    context_window: int | None = Field(description="Null until a worker has loaded it.")
+    chat_template: bool | None = Field(description="Null until a worker has loaded it.")
+    workers: int = Field(description="Live workers that hold it (0: its jobs wait).")
+
+
+class ModelList(BaseModel):
+    data: list[ModelPublic]
