@@ -15,6 +15,7 @@ from app import workflows
 from app.errors import BrokerUnavailable
 from contracts.jobs import JobCreate, JobRecord
 from contracts.names import JobKind
+from contracts.settings import CommonSettings
 
 
 def new_record(job: JobCreate, owner: str) -> JobRecord:
@@ -30,14 +31,15 @@ def new_record(job: JobCreate, owner: str) -> JobRecord:
         created_at=now,
         not_before=now + timedelta(seconds=job.delay_seconds) if job.delay_seconds else None,
         expires_at=now + timedelta(seconds=job.expires_in) if job.expires_in else None,
+        model=job.model,
         steps=workflows.new_steps(kind, job_input),
     )
 
 
-def send(celery: Celery, record: JobRecord) -> None:
+def send(celery: Celery, record: JobRecord, settings: CommonSettings) -> None:
     """Publish the job's canvas. Blocking (kombu): call it from a worker thread."""
     try:
-        workflows.canvas(celery, record).apply_async()
+        workflows.canvas(celery, record, settings).apply_async()
     except OperationalError as error:
         raise BrokerUnavailable(f"The broker is unreachable: {error}") from error
 

@@ -15,6 +15,7 @@ from celery.canvas import Signature
 
 from contracts.celery_config import broker_priority
 from contracts.jobs import JobRecord, StepRecord
+from contracts.models import TASK_ROLES, DeclaredModel, ModelRole
 from contracts.names import TASK_QUEUES, JobKind, TaskName
 from contracts.schemas import (
     DocumentOutput,
@@ -29,6 +30,7 @@ from contracts.schemas import (
     VariationsInput,
     VariationsOutput,
 )
+from contracts.settings import CommonSettings
 
 REPLY_TONES = 3
 KEY_POINTS_PROMPT = "Key points from: {text}\n"
@@ -90,13 +92,32 @@ def new_steps(kind: JobKind, job_input: dict[str, Any]) -> list[StepRecord]:
     ]
 
 
-def queues_of(kind: JobKind, job_input: dict[str, Any]) -> list[str]:
+def roles_of(kind: JobKind, job_input: dict[str, Any]) -> set[ModelRole]:
+    """The roles of the models a job of ``kind`` runs."""
+    return {role for step in steps_of(kind, job_input) if (role := TASK_ROLES[step.task])}
+
+
+def step_model(step: Step, settings: CommonSettings, model: str | None) -> DeclaredModel | None:
+    """The model a step runs: the job's ``model`` if it has the step's role, else the
+    role's default; None for an orchestration step."""
+    role = TASK_ROLES[step.task]
+    return settings.model_for(role, model) if role is not None else None
+
+
+def queues_of(
+    kind: JobKind, job_input: dict[str, Any], settings: CommonSettings, model: str | None = None
+) -> list[str]:
     """The queues a job's steps go to, each once, in step order."""
-    return list(dict.fromkeys(TASK_QUEUES[step.task].value for step in steps_of(kind, job_input)))
+    queues = []
+    for step in steps_of(kind, job_input):
+        served_by = step_model(step, settings, model)
+        queues.append(served_by.queue if served_by else TASK_QUEUES[step.task].value)
+    return list(dict.fromkeys(queues))
 
 
-def canvas(celery: Celery, record: JobRecord) -> Signature:
-    """The job as one Celery canvas, every signature carrying its frozen task id."""
+def canvas(celery: Celery, record: JobRecord, settings: CommonSettings) -> Signature:
+    """The job as one Celery canvas, every signature carrying its frozen task id, on the
+    queue of the model it runs."""
     steps = steps_of(record.kind, record.input)
     ids = [step.task_id for step in record.steps]
     priority = broker_priority(record.priority, celery.conf.broker_url)
@@ -106,6 +127,11 @@ def canvas(celery: Celery, record: JobRecord) -> Signature:
         options: dict[str, Any] = {"task_id": ids[index], "priority": priority}
         if first:
             options |= {"eta": record.not_before, "expires": record.expires_at}
+        served_by = step_model(steps[index], settings, record.model)
+        if served_by is not None:
+            options["queue"] = served_by.queue
+            if served_by != settings.model_for(served_by.role):
+                kwargs["model"] = served_by.name  # not the role's default: the task is told
         return celery.signature(steps[index].task.value, kwargs=kwargs, **options)
 
     job = record.input

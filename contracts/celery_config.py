@@ -39,8 +39,10 @@ def celery_config(settings: CommonSettings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "task_queues": [
-            Queue(queue.value, routing_key=queue.value, queue_arguments=queue_arguments)
-            for queue in QueueName
+            Queue(queue, routing_key=queue, queue_arguments=queue_arguments)
+            for queue in dict.fromkeys(
+                [q.value for q in QueueName] + [m.queue for m in settings.declared_models()]
+            )
         ],
         "task_default_queue": QueueName.DEFAULT.value,
         "task_routes": {name.value: {"queue": queue.value} for name, queue in TASK_QUEUES.items()},

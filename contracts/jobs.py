@@ -51,6 +51,13 @@ class JobOptions(BaseModel):
     delay_seconds: Annotated[int, Bound("delay_limit")] = Field(
         default=0, ge=0, le=SECONDS_CEILING, description="Start no sooner than this."
     )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="A declared model's name (GET /v1/models) for the kind's steps of its "
+        "role; the others, and every step when unset, use their role's default.",
+    )
     expires_in: Annotated[int | None, Bound("result_expires")] = Field(
         default=None,
         ge=1,
@@ -222,6 +229,7 @@ class JobRecord(BaseModel):
     created_at: datetime
     not_before: datetime | None = None
     expires_at: datetime | None = None
+    model: str | None = None
     steps: list[StepRecord]
 
 

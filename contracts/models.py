@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from contracts.names import QueueName
+from contracts.names import QueueName, TaskName
 
 MODELS_KEY = "llm-tasks:models"
 #: Seconds between a worker's beats, and after which a silent worker no longer counts.
@@ -35,6 +35,23 @@ ROLE_QUEUES = {
     ModelRole.GENERATOR: QueueName.GENERATE,
     ModelRole.SUMMARIZER: QueueName.SUMMARIZE,
     ModelRole.CLASSIFIER: QueueName.CLASSIFY,
+}
+
+
+#: The role of the model each task runs (None: no model, an orchestration step).
+TASK_ROLES: dict[TaskName, ModelRole | None] = {
+    TaskName.GENERATE: ModelRole.GENERATOR,
+    TaskName.CHAT: ModelRole.GENERATOR,
+    TaskName.LONG_TEXT: ModelRole.GENERATOR,
+    TaskName.SUMMARIZE: ModelRole.SUMMARIZER,
+    TaskName.SENTIMENT: ModelRole.CLASSIFIER,
+    TaskName.STORY_OUTLINE: ModelRole.GENERATOR,
+    TaskName.STORY_EXPAND: ModelRole.GENERATOR,
+    TaskName.STORY_DIALOGUE: ModelRole.GENERATOR,
+    TaskName.DOCUMENT_COMBINE: None,
+    TaskName.REPLY_ANALYZE: ModelRole.CLASSIFIER,
+    TaskName.REPLY_VARIANT: ModelRole.GENERATOR,
+    TaskName.REPLY_RANK: ModelRole.CLASSIFIER,
 }
 
 

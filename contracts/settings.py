@@ -1,6 +1,8 @@
 """Settings that the API and the workers must agree on (prefix ``LLM_TASKS_``)."""
 
-from typing import Literal
+import json
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +56,12 @@ class CommonSettings(BaseSettings):
     )
     summarizer_model: str = Field(default="tiny", description="Seq2seq model for summaries.")
     classifier_model: str = Field(default="tiny", description="Sentiment classifier.")
+    models: str | None = Field(
+        default=None,
+        description="The models, as a JSON list (or @path to a JSON file) of {name, role, "
+        "source, queue?}: several per role, each on a queue of its own (README, 'Several "
+        "models'). Unset: one per role from GENERATOR_MODEL, SUMMARIZER_MODEL, CLASSIFIER_MODEL.",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="`json`: one JSON object per log line, with the job id (for log pipelines).",
@@ -66,16 +74,28 @@ class CommonSettings(BaseSettings):
     )
 
     def declared_models(self) -> list[DeclaredModel]:
-        """The deployment's models: one per role, named by the role, on the role's queue."""
-        sources = {
+        """The deployment's models, each role's default first.
+
+        ``LLM_TASKS_MODELS`` (a JSON list, or ``@path`` to a JSON file) declares them:
+        ``{"name", "role", "source", "queue"?}``. A role's first model is its default and
+        takes the role's queue unless told otherwise; the others get ``<role queue>.<name>``.
+        A role the list leaves out has one model named by the role, from
+        ``LLM_TASKS_<ROLE>_MODEL`` — so without the setting there are exactly three.
+        """
+        return _declared(self.models, self._role_sources())
+
+    def model_for(self, role: ModelRole, name: str | None = None) -> DeclaredModel:
+        """The model named ``name`` when it has ``role``, else the role's default."""
+        models = self.declared_models()
+        named = [m for m in models if m.name == name and m.role is role]
+        return named[0] if named else next(m for m in models if m.role is role)
+
+    def _role_sources(self) -> dict[ModelRole, str]:
+        return {
             ModelRole.GENERATOR: self.generator_model,
             ModelRole.SUMMARIZER: self.summarizer_model,
             ModelRole.CLASSIFIER: self.classifier_model,
         }
-        return [
-            DeclaredModel(name=role.value, role=role, source=source, queue=ROLE_QUEUES[role])
-            for role, source in sources.items()
-        ]
 
     @property
     def effective_broker_url(self) -> str:
@@ -90,3 +110,30 @@ class CommonSettings(BaseSettings):
         """Longest countdown accepted: a job must not expire before it starts."""
         ceiling = self.result_expires // 2
         return ceiling if self.max_delay_seconds is None else min(self.max_delay_seconds, ceiling)
+
+
+def _declared(setting: str | None, sources: dict[ModelRole, str]) -> list[DeclaredModel]:
+    entries: list[Any] = []
+    if setting:
+        text = Path(setting[1:]).read_text() if setting.startswith("@") else setting
+        entries = json.loads(text)
+        if not isinstance(entries, list):
+            raise ValueError("LLM_TASKS_MODELS must be a JSON list of models")
+    models: list[DeclaredModel] = []
+    for entry in entries:
+        role = ModelRole(entry["role"])
+        first = not any(model.role is role for model in models)
+        queue = entry.get("queue") or (
+            ROLE_QUEUES[role].value if first else f"{ROLE_QUEUES[role].value}.{entry['name']}"
+        )
+        models.append(DeclaredModel(**{**entry, "queue": queue}))
+    for role, source in sources.items():
+        if not any(model.role is role for model in models):
+            models.append(
+                DeclaredModel(name=role.value, role=role, source=source, queue=ROLE_QUEUES[role])
+            )
+    names = [model.name for model in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"LLM_TASKS_MODELS: model names must be unique, got {names}")
+    # Each role's default first, in the order of the roles.
+    return sorted(models, key=lambda model: list(ModelRole).index(model.role))

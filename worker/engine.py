@@ -64,6 +64,9 @@ class InferenceProcess:
     def __init__(self, initializer: Initializer | None = None) -> None:
         #: Run first thing in the new process (a picklable, module-level function).
         self.initializer = initializer
+        #: The models the process loads when it starts (names; None: every declared one).
+        #: Others load on their first request.
+        self.models: list[str] | None = None
         self._lock = threading.Lock()  # guards the connection, the calls and sending
         self._conn: Connection | None = None
         self._pid: int | None = None
@@ -87,9 +90,10 @@ class InferenceProcess:
         """The running process's id."""
         return self._pid if self._conn is not None else None
 
-    def submit_many(self, role: str, items: list[Any]) -> list[Any]:
-        """Run ``items`` on the ``role`` model; blocks until all are done. A generation
-        row's ``on_tokens`` and ``should_stop`` are called in this process."""
+    def submit_many(self, model: str, items: list[Any]) -> list[Any]:
+        """Run ``items`` on the model named ``model`` (or a role's default model); blocks
+        until all are done. A generation row's ``on_tokens`` and ``should_stop`` are called
+        in this process."""
         calls = []
         with self._lock:
             conn = self._connection()
@@ -105,7 +109,7 @@ class InferenceProcess:
                 calls.append(call)
                 # If the process is gone, its reply thread fails every call.
                 with suppress(OSError):
-                    conn.send(("run", call_id, role, item, call.on_tokens is not None))
+                    conn.send(("run", call_id, model, item, call.on_tokens is not None))
         return [call.future.result() for call in calls]
 
     def _connection(self) -> Connection:
@@ -114,7 +118,10 @@ class InferenceProcess:
         context = multiprocessing.get_context("spawn")  # CUDA does not survive a fork
         mine, theirs = context.Pipe()
         process = context.Process(
-            target=serve, args=(theirs, self.initializer), name="llm-tasks-inference", daemon=True
+            target=serve,
+            args=(theirs, self.initializer, self.models),
+            name="llm-tasks-inference",
+            daemon=True,
         )
         process.start()
         theirs.close()
@@ -209,22 +216,24 @@ class _Server:
     """Takes requests from the pipe (a thread of its own) into the batchers; the main
     thread runs the device loop and sends results and token updates back."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, names: list[str] | None) -> None:
         from worker.batching import batcher_for, device_loop
-        from worker.models import ModelRole, get_registry
+        from worker.config import get_settings
+        from worker.models import get_registry
 
         self._conn = conn
         self._send_lock = threading.Lock()
         registry = get_registry()
-        models = {role: registry.get(role) for role in ModelRole}
+        names = names or [model.name for model in get_settings().declared_models()]
+        models = {name: registry.get(name) for name in names}
         devices = {str(loaded.device) for loaded in models.values()}
         assert len(devices) == 1, f"every model on one device, not {devices}"
         self.loop = device_loop(next(iter(models.values())).device, served_here=True)
-        self._batchers = {str(role): batcher_for(loaded) for role, loaded in models.items()}
+        self._batchers = {name: batcher_for(loaded) for name, loaded in models.items()}
         self._canceled: set[int] = set()
         self._streams: dict[int, list[int]] = {}
         self._streamed_at = time.monotonic()
-        self.ready = {str(role): f"{m.name} on {m.device}" for role, m in models.items()}
+        self.ready = {name: f"{m.name} on {m.device}" for name, m in models.items()}
 
     def send(self, message: tuple[Any, ...]) -> None:
         with self._send_lock:
@@ -247,12 +256,26 @@ class _Server:
             flush()
             os._exit(0)  # the worker is gone: so is its inference process
 
-    def _enqueue(self, call_id: int, role: str, item: Any, streaming: bool) -> None:
+    def _batcher(self, model: str) -> Any:
+        """The model's batcher (a model not loaded at start loads on its first request)."""
+        from worker.batching import batcher_for
+        from worker.models import get_registry
+
+        if model not in self._batchers:
+            self._batchers[model] = batcher_for(get_registry().get(model))
+        return self._batchers[model]
+
+    def _enqueue(self, call_id: int, model: str, item: Any, streaming: bool) -> None:
         from worker.batching import DecodeRow
 
         if isinstance(item, DecodeRow):
             item = engine_row(item, call_id, self._canceled, self._streams if streaming else None)
-        [pending] = self._batchers[role].enqueue([item])
+        try:
+            batcher = self._batcher(model)
+        except Exception as error:
+            self.send(("error", call_id, RuntimeError(f"model {model}: {error}")))
+            return
+        [pending] = batcher.enqueue([item])
         pending.future.add_done_callback(lambda future: self._reply(call_id, future))
 
     def _reply(self, call_id: int, future: "Future[Any]") -> None:
@@ -294,7 +317,7 @@ def engine_row(
     )
 
 
-def serve(conn: Connection, initializer: Initializer | None) -> None:
+def serve(conn: Connection, initializer: Initializer | None, models: list[str] | None) -> None:
     """The inference process's main function."""
     from contracts.logs import configure
     from worker.config import get_settings
@@ -305,7 +328,7 @@ def serve(conn: Connection, initializer: Initializer | None) -> None:
     try:
         if initializer is not None:
             initializer()
-        server = _Server(conn)
+        server = _Server(conn, models)
     except ModelRefused as refused:
         conn.send(("refused", str(refused)))
         return

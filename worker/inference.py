@@ -44,17 +44,22 @@ class Served:
         return cls(loaded.role, loaded.name, loaded.tokenizer, loaded.context_window, submit_many)
 
 
+def served(role: ModelRole, model: str | None = None) -> Served:
+    """The model named ``model`` (the role's default if None) for this process's tasks."""
+    return _served(get_settings().model_for(role, model).name)
+
+
 @lru_cache
-def served(role: ModelRole) -> Served:
-    """The ``role`` model for this process's tasks (published: this worker serves it)."""
+def _served(name: str) -> Served:
+    """Published when first served: this worker holds it."""
     registry = get_registry()
+    declared = registry.declared(name)
     if get_settings().inference_process:
-        card = registry.card(role)  # the tokenizer; the weights are in the other process
-        submit_many = partial(inference_process().submit_many, str(role))
-        model = Served(role, card.name, card.tokenizer, card.context_window, submit_many)
+        card = registry.card(name)  # the tokenizer; the weights are in the other process
+        submit_many = partial(inference_process().submit_many, name)
+        model = Served(declared.role, card.name, card.tokenizer, card.context_window, submit_many)
     else:
-        model = Served.here(registry.get(role))
-    [declared] = [m for m in get_settings().declared_models() if m.role is role]
+        model = Served.here(registry.get(name))
     catalog().publish(
         PublishedModel(
             **declared.model_dump(),

@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from contracts.models import DeclaredModel
 from contracts.models import ModelRole as ModelRole  # the roles, shared with the API
 from worker.config import WorkerSettings, get_settings
 from worker.tiny import ensure_tiny_models
@@ -135,58 +136,70 @@ def resolve_device(setting: str) -> tuple[torch.device, torch.dtype]:
 
 
 class ModelRegistry:
-    """Loads each configured model on first use; concurrent first uses wait for one load."""
+    """Loads each declared model on first use; concurrent first uses wait for one load.
+
+    Models are found by name, or by role (the role's default model)."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         self._settings = settings
-        self._models: dict[ModelRole, LoadedModel] = {}
-        self._locks = {role: threading.Lock() for role in ModelRole}
+        self._declared = {model.name: model for model in settings.declared_models()}
+        self._models: dict[str, LoadedModel] = {}
+        self._locks = {name: threading.Lock() for name in self._declared}
 
-    def model_name(self, role: ModelRole) -> str:
-        names = {
-            ModelRole.GENERATOR: self._settings.generator_model,
-            ModelRole.CLASSIFIER: self._settings.classifier_model,
-            ModelRole.SUMMARIZER: self._settings.summarizer_model,
-        }
-        return names[role]
+    def declared(self, key: ModelRole | str) -> DeclaredModel:
+        """The model named ``key``, or the default model of the role ``key``."""
+        if isinstance(key, ModelRole):
+            return self._settings.model_for(key)
+        if key in self._declared:
+            return self._declared[key]
+        return self._settings.model_for(ModelRole(key))  # a role's name (ValueError if not)
 
-    def source(self, role: ModelRole) -> str | Path:
+    def model_name(self, key: ModelRole | str) -> str:
+        """The model's source as the settings give it (``tiny``, a hub id or a folder)."""
+        return self.declared(key).source
+
+    def source(self, key: ModelRole | str) -> str | Path:
         """Where ``from_pretrained`` reads the model: the tiny build, a local path or a hub id."""
-        name = self.model_name(role)
-        if name == "tiny":
-            return ensure_tiny_models(self._settings.model_cache_dir) / role.value
-        return name
+        declared = self.declared(key)
+        if declared.source == "tiny":
+            return ensure_tiny_models(self._settings.model_cache_dir) / declared.role.value
+        return declared.source
 
-    def get(self, role: ModelRole) -> LoadedModel:
-        loaded = self._models.get(role)
+    def get(self, key: ModelRole | str) -> LoadedModel:
+        name = self.declared(key).name
+        loaded = self._models.get(name)
         if loaded is not None:
             return loaded
-        with self._locks[role]:
-            loaded = self._models.get(role)
+        with self._locks[name]:
+            loaded = self._models.get(name)
             if loaded is None:
-                loaded = self._load(role)
-                self._models[role] = loaded
+                loaded = self._load(name)
+                self._models[name] = loaded
             return loaded
 
-    def check(self, role: ModelRole) -> None:
+    def check(self, key: ModelRole | str) -> None:
         """Refuse (:class:`ModelRefused`) a model that cannot be read or cannot serve
-        ``role``, from its configuration alone (no weights are loaded)."""
-        self._config(role)
+        its role, from its configuration alone (no weights are loaded)."""
+        self._config(key)
 
-    def card(self, role: ModelRole) -> ModelCard:
+    def card(self, key: ModelRole | str) -> ModelCard:
         """The model's tokenizer and window, without loading its weights."""
-        if (loaded := self._models.get(role)) is not None:
-            return ModelCard(role, loaded.name, loaded.tokenizer, loaded.context_window)
-        source = self.source(role)
-        config = self._config(role)
-        tokenizer = _tokenizer(role, source)
-        return ModelCard(role, self.model_name(role), tokenizer, context_window(config, tokenizer))
+        declared = self.declared(key)
+        if (loaded := self._models.get(declared.name)) is not None:
+            return ModelCard(declared.role, loaded.name, loaded.tokenizer, loaded.context_window)
+        source = self.source(key)
+        config = self._config(key)
+        tokenizer = _tokenizer(declared.role, source)
+        return ModelCard(
+            declared.role, declared.source, tokenizer, context_window(config, tokenizer)
+        )
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._models.values())
 
-    def _config(self, role: ModelRole) -> PretrainedConfig:
-        name, source = self.model_name(role), self.source(role)
+    def _config(self, key: ModelRole | str) -> PretrainedConfig:
+        declared = self.declared(key)
+        role, name, source = declared.role, declared.source, self.source(key)
         if isinstance(source, str) and _looks_like_a_path(source) and not Path(source).is_dir():
             raise ModelRefused.of(role, name, "no such folder")
         try:
@@ -198,10 +211,12 @@ class ModelRegistry:
             raise ModelRefused.of(role, name, problem)
         return config
 
-    def _load(self, role: ModelRole) -> LoadedModel:
+    def _load(self, key: ModelRole | str) -> LoadedModel:
         started = time.perf_counter()
-        self._config(role)
-        source = self.source(role)
+        declared = self.declared(key)
+        role = declared.role
+        self._config(key)
+        source = self.source(key)
         device, dtype = resolve_device(self._settings.device)
         tokenizer = _tokenizer(role, source)
         model, report = _AUTO_CLASSES[role].from_pretrained(
@@ -213,15 +228,18 @@ class ModelRegistry:
             named = ", ".join(str(key) for key in list(missing)[:3])
             raise ModelRefused.of(
                 role,
-                self.model_name(role),
+                declared.source,
                 f"the checkpoint lacks {len(missing)} of the model's weights ({named}), "
                 "which would be initialized at random",
             )
         model.to(device)
         model.eval()
         seconds = time.perf_counter() - started
-        logger.info("loaded %s model %s on %s (%s) in %.2fs", role, source, device, dtype, seconds)
-        return LoadedModel(role, self.model_name(role), model, tokenizer, device, seconds)
+        logger.info(
+            "loaded %s model %s (%s) on %s (%s) in %.2fs",
+            role, declared.name, source, device, dtype, seconds,
+        )  # fmt: skip
+        return LoadedModel(role, declared.source, model, tokenizer, device, seconds)
 
 
 def _looks_like_a_path(source: str) -> bool:

@@ -1,5 +1,6 @@
 """Worker lifecycle hooks: refuse models that cannot serve their role, preload the models
-when the worker starts, count expired jobs, and log in the configured format."""
+of the queues the worker consumes when it starts, count expired jobs, and log in the
+configured format."""
 
 import logging
 import os
@@ -19,6 +20,7 @@ from celery.signals import (
 )
 
 from contracts.logs import formatter
+from contracts.models import DeclaredModel
 from contracts.names import WORKER_REFUSALS_KEY, WORKER_REFUSALS_TTL
 from worker.catalog import catalog
 from worker.config import get_settings
@@ -26,7 +28,7 @@ from worker.engine import inference_process
 from worker.inference import served
 from worker.jobs import end_job, registry_redis, release_lease
 from worker.metrics import start_flushing
-from worker.models import ModelRefused, ModelRole, get_registry
+from worker.models import ModelRefused, get_registry
 
 #: The exit status of a worker that refuses its configuration (sysexits' EX_CONFIG).
 EX_CONFIG = 78
@@ -74,15 +76,32 @@ def flush_metrics(**_: Any) -> None:
     start_flushing()
 
 
+#: The declared models whose queues this worker consumes (set when it starts).
+SERVED: list[DeclaredModel] = []
+
+
+def served_models(sender: Any) -> list[DeclaredModel]:
+    """The models of the queues the worker consumes (``-Q``; every queue by default)."""
+    declared = get_settings().declared_models()
+    app = getattr(sender, "app", None)
+    if app is None:
+        return declared
+    consumed = set(app.amqp.queues.consume_from)
+    return [model for model in declared if model.queue in consumed]
+
+
 @worker_init.connect
 def refuse_wrong_models(sender: Any = None, **_: Any) -> None:
-    """Before it consumes anything, the worker reads every model's configuration: one that
-    cannot serve its role (a seq2seq model as the generator, a classifier without its
-    head, a folder that does not exist) stops it, with one line saying why."""
+    """Before it consumes anything, the worker reads the configuration of each model it
+    serves (those of the queues it consumes): one that cannot serve its role (a seq2seq
+    model as the generator, a classifier without its head, a folder that does not exist)
+    stops it, with one line saying why."""
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
+    SERVED[:] = served_models(sender)
+    inference_process().models = [model.name for model in SERVED]
     try:
-        for role in ModelRole:
-            get_registry().check(role)
+        for model in SERVED:
+            get_registry().check(model.name)
     except ModelRefused as refused:
         refuse(hostname, refused)
         raise SystemExit(EX_CONFIG) from None
@@ -110,10 +129,10 @@ def preload_models(sender: Any = None, **_: Any) -> None:
 
     def load_all() -> None:
         try:
-            if get_settings().inference_process:
+            if get_settings().inference_process and SERVED:
                 inference_process().start()
-            for role in ModelRole:
-                served(role)
+            for model in SERVED:
+                served(model.role, model.name)
         except ModelRefused as refused:
             # A checkpoint that lacks weights: found only once it loads.
             refuse(getattr(sender, "hostname", None) or socket.gethostname(), refused)

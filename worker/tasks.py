@@ -84,7 +84,7 @@ def _generate(
     """Generate, streaming the text into the task's progress and stopping if canceled."""
     total = options["max_new_tokens"]
     stops = options.get("stop") or []
-    loaded = inference.served(ModelRole.GENERATOR)
+    loaded = inference.served(ModelRole.GENERATOR, options.pop("model", None))
     progress = task.progress  # called back from the batcher's thread: bind it here
 
     def report_tokens(count: int, text: str) -> None:
@@ -102,8 +102,8 @@ def _generate(
     )
 
 
-def _sentiment(text: str) -> SentimentOutput:
-    loaded = inference.served(ModelRole.CLASSIFIER)
+def _sentiment(text: str, model: str | None = None) -> SentimentOutput:
+    loaded = inference.served(ModelRole.CLASSIFIER, model)
     [result] = inference.classify(loaded, [text])
     return SentimentOutput(label=result.label, score=result.score, model=loaded.name)
 
@@ -117,8 +117,10 @@ def generate_text(
     top_p: float = 0.95,
     seed: int | None = None,
     stop: list[str] | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
-    """Continue ``prompt``; returns ``{text, tokens, finish_reason, prompt_tokens, model}``."""
+    """Continue ``prompt``; returns ``{text, tokens, finish_reason, prompt_tokens, model}``.
+    ``model``: a declared generator's name (the role's default if None)."""
     payload = _validated(
         GenerateInput,
         {
@@ -130,7 +132,7 @@ def generate_text(
             "stop": stop or [],
         },
     )
-    return _generate(self, **payload.model_dump()).model_dump()
+    return _generate(self, model=model, **payload.model_dump()).model_dump()
 
 
 @app.task(name=TaskName.CHAT, bind=True, base=JobTask)
@@ -142,6 +144,7 @@ def chat_reply(
     top_p: float = 0.95,
     seed: int | None = None,
     stop: list[str] | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """The assistant's next turn in ``messages`` (rendered by the model's chat template);
     returns ``{text, tokens, finish_reason, prompt_tokens, model}``."""
@@ -156,12 +159,13 @@ def chat_reply(
             "stop": stop or [],
         },
     )
-    loaded = inference.served(ModelRole.GENERATOR)
+    loaded = inference.served(ModelRole.GENERATOR, model)
     conversation = [message.model_dump() for message in payload.messages]
     options = payload.model_dump(exclude={"messages"})
     return _generate(
         self,
         "",
+        model=model,
         prompt_ids=chat.render(loaded.tokenizer, conversation, loaded.name),
         end_ids=chat.turn_end_ids(loaded.tokenizer),
         **options,
@@ -169,7 +173,9 @@ def chat_reply(
 
 
 @app.task(name=TaskName.LONG_TEXT, bind=True, base=JobTask)
-def generate_long_text(self: JobTask, prompt: str, **options: Any) -> dict[str, Any]:
+def generate_long_text(
+    self: JobTask, prompt: str, model: str | None = None, **options: Any
+) -> dict[str, Any]:
     """Write ``chunks`` chunks one after the other, reporting progress after each."""
     payload = _validated(LongTextInput, {"prompt": prompt, **options})
     text, tokens, model = "", 0, ""
@@ -197,6 +203,7 @@ def generate_long_text(self: JobTask, prompt: str, **options: Any) -> dict[str, 
             top_p=payload.top_p,
             seed=None if payload.seed is None else payload.seed + index,
             stop=payload.stop,
+            model=model,
         )
         text, tokens, model = text + chunk.text, tokens + chunk.tokens, chunk.model
         chunks_written = index + 1
@@ -224,28 +231,33 @@ def generate_long_text(self: JobTask, prompt: str, **options: Any) -> dict[str, 
 
 @app.task(name=TaskName.SUMMARIZE, bind=True, base=JobTask)
 def summarize_text(
-    self: JobTask, text: str, min_new_tokens: int = 5, max_new_tokens: int = 60
+    self: JobTask,
+    text: str,
+    min_new_tokens: int = 5,
+    max_new_tokens: int = 60,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """Summarize ``text`` with the seq2seq model."""
     payload = _validated(
         SummarizeInput,
         {"text": text, "min_new_tokens": min_new_tokens, "max_new_tokens": max_new_tokens},
     )
-    loaded = inference.served(ModelRole.SUMMARIZER)
+    loaded = inference.served(ModelRole.SUMMARIZER, model)
     summary = inference.summarize(loaded, **payload.model_dump())
     return SummarizeOutput(summary=summary, model=loaded.name).model_dump()
 
 
 @app.task(name=TaskName.SENTIMENT, bind=True, base=JobTask)
-def analyze_sentiment(self: JobTask, text: str) -> dict[str, Any]:
+def analyze_sentiment(self: JobTask, text: str, model: str | None = None) -> dict[str, Any]:
     """Classify ``text``: ``{label, score, model}``."""
     payload = _validated(SentimentInput, {"text": text})
-    return _sentiment(payload.text).model_dump()
+    return _sentiment(payload.text, model).model_dump()
 
 
 def _story_step(
     task: JobTask, name: TaskName, text: str, options: dict[str, Any]
 ) -> dict[str, Any]:
+    model = options.pop("model", None)
     payload = _validated(StoryStepOptions, options)
     output = _generate(
         task,
@@ -254,6 +266,7 @@ def _story_step(
         temperature=payload.temperature,
         top_p=0.95,
         seed=payload.seed,
+        model=model,
     )
     return {"text": output.text}
 
@@ -261,7 +274,7 @@ def _story_step(
 @app.task(name=TaskName.STORY_OUTLINE, bind=True, base=JobTask)
 def story_outline(self: JobTask, topic: str, **options: Any) -> dict[str, Any]:
     """Step 1 of a story: an outline about ``topic``."""
-    _validated(StoryInput, {"topic": topic, **options})
+    _validated(StoryInput, {"topic": topic, **{k: v for k, v in options.items() if k != "model"}})
     return _story_step(self, TaskName.STORY_OUTLINE, topic, options)
 
 
@@ -289,10 +302,10 @@ def combine_document(self: JobTask, results: list[dict[str, Any]]) -> dict[str, 
 
 
 @app.task(name=TaskName.REPLY_ANALYZE, bind=True, base=JobTask)
-def analyze_message(self: JobTask, message: str) -> dict[str, Any]:
+def analyze_message(self: JobTask, message: str, model: str | None = None) -> dict[str, Any]:
     """Step 1 of a reply: the message's sentiment, which picks the tones of step 2."""
     payload = _validated(SentimentInput, {"text": message})
-    return {"message": payload.text, "sentiment": _sentiment(payload.text).model_dump()}
+    return {"message": payload.text, "sentiment": _sentiment(payload.text, model).model_dump()}
 
 
 @app.task(name=TaskName.REPLY_VARIANT, bind=True, base=JobTask)
@@ -303,6 +316,7 @@ def reply_variant(
     max_new_tokens: int = 40,
     temperature: float = 0.8,
     seed: int | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """Step 2 of a reply (three in parallel): one reply in the tone the sentiment calls for."""
     label = SentimentOutput.model_validate(analysis["sentiment"]).label
@@ -314,14 +328,17 @@ def reply_variant(
         temperature=temperature,
         top_p=0.95,
         seed=None if seed is None else seed + tone_index,
+        model=model,
     )
     return {"tone": tone, "text": output.text, "analysis": analysis["sentiment"]}
 
 
 @app.task(name=TaskName.REPLY_RANK, bind=True, base=JobTask)
-def rank_replies(self: JobTask, variants: list[dict[str, Any]]) -> dict[str, Any]:
+def rank_replies(
+    self: JobTask, variants: list[dict[str, Any]], model: str | None = None
+) -> dict[str, Any]:
     """Step 3 of a reply (chord body): rank the replies by how positive they read."""
-    loaded = inference.served(ModelRole.CLASSIFIER)
+    loaded = inference.served(ModelRole.CLASSIFIER, model)
     verdicts = inference.classify(loaded, [variant["text"] or "-" for variant in variants])
     candidates = [
         ReplyCandidate(

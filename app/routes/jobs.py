@@ -104,19 +104,21 @@ async def create_job(
         {"loc": ["body", v.field], "msg": v.message + WHY_LIMITED.get(v.field, ""), "type": "limit"}
         for v in limit_violations(job, settings)
     ]
-    if job.kind == "chat":
-        errors += await _chat_template_missing(redis, settings)
+    errors += _model_problems(job, settings)
+    if job.kind == "chat" and not errors:
+        errors += await _chat_template_missing(redis, settings, job.model)
     if errors:
         raise InputRejected(errors)
     if settings.max_queue_depth:
-        for queue in workflows.queues_of(JobKind(job.kind), job.input.model_dump()):
+        kind, job_input = JobKind(job.kind), job.input.model_dump()
+        for queue in workflows.queues_of(kind, job_input, settings, job.model):
             depth = await depths.depth(queue)
             if depth >= settings.max_queue_depth:
                 raise QueueFull(queue, depth, settings.max_queue_depth)
     record = dispatch.new_record(job, owner)
     await store.create(record)
     try:
-        await run_in_threadpool(dispatch.send, celery, record)
+        await run_in_threadpool(dispatch.send, celery, record, settings)
     except Exception:
         await store.discard(record)
         raise
@@ -141,10 +143,32 @@ async def create_job(
     return public
 
 
-async def _chat_template_missing(redis: AsyncRedis, settings: ApiSettings) -> list[dict[str, Any]]:
+def _model_problems(job: Any, settings: ApiSettings) -> list[dict[str, Any]]:
+    """``model`` names a declared model of a role the kind runs."""
+    if job.model is None:
+        return []
+    declared = {model.name: model for model in settings.declared_models()}
+    named = declared.get(job.model)
+    if named is None:
+        message = f"no model named {job.model!r}; the models are {', '.join(sorted(declared))}"
+        return [{"loc": ["body", "model"], "msg": message, "type": "unknown_model"}]
+    roles = workflows.roles_of(JobKind(job.kind), job.input.model_dump())
+    if named.role not in roles:
+        message = (
+            f"{job.model} is a {named.role} model; a {job.kind} job runs "
+            + " and ".join(sorted(roles))
+            + " models"
+        )
+        return [{"loc": ["body", "model"], "msg": message, "type": "model_role"}]
+    return []
+
+
+async def _chat_template_missing(
+    redis: AsyncRedis, settings: ApiSettings, model: str | None
+) -> list[dict[str, Any]]:
     """A chat needs the generator's chat template: known once a worker published the model
     (before that, the job is accepted and a worker fails it if the template is missing)."""
-    [generator] = [m for m in settings.declared_models() if m.role is ModelRole.GENERATOR]
+    generator = settings.model_for(ModelRole.GENERATOR, model)
     card = await published(redis, generator.name)
     if card is None or card.source != generator.source or card.chat_template:
         return []
@@ -152,7 +176,8 @@ async def _chat_template_missing(redis: AsyncRedis, settings: ApiSettings) -> li
         f"the generator model {generator.name} ({generator.source}) has no chat template; "
         "send a prompt with the generate kind"
     )
-    return [{"loc": ["body", "kind"], "msg": message, "type": "chat_template"}]
+    field = "model" if model else "kind"
+    return [{"loc": ["body", field], "msg": message, "type": "chat_template"}]
 
 
 @router.get(
