@@ -73,6 +73,7 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--priority", type=int, help="0 (least urgent) to 9 (most urgent)")
     submit.add_argument("--delay", type=int, dest="delay_seconds", help="start no sooner (s)")
     submit.add_argument("--expires-in", type=int, help="give up if not started within (s)")
+    submit.add_argument("--model", help="a declared model's name (llm-tasks models)")
     submit.add_argument("--watch", action="store_true", help="follow the job live until it ends")
     submit.add_argument("-q", "--quiet", action="store_true", help="print the job id only")
 
@@ -89,6 +90,7 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--kind", choices=sorted(MAIN_FIELDS))
     listing.add_argument("--limit", type=int, default=20)
     listing.add_argument("--cursor", help="next_cursor of the previous page")
+    commands.add_parser("models", help="the deployment's models and their live workers")
     return cli
 
 
@@ -305,6 +307,7 @@ def run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
                 priority=args.priority,
                 delay_seconds=args.delay_seconds,
                 expires_in=args.expires_in,
+                model=args.model,
             )
             if args.quiet:
                 out.write(job.id + "\n")
@@ -339,6 +342,17 @@ def run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
                     )
                 if page.next_cursor:
                     out.write(f"more: --cursor {page.next_cursor}\n")
+        case "models":
+            models = client.models()
+            if args.json:
+                out.write(json.dumps([model.model_dump(mode="json") for model in models]) + "\n")
+            else:
+                out.write(f"{'NAME':14}  {'ROLE':10}  {'QUEUE':18}  {'WORKERS':7}  SOURCE\n")
+                for model in models:
+                    out.write(
+                        f"{model.name:14}  {model.role.value:10}  {model.queue:18}  "
+                        f"{model.workers:<7}  {model.source}\n"
+                    )
     return EXIT_OK
 
 

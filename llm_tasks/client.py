@@ -20,6 +20,7 @@ from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 from pydantic import BaseModel
 
 from contracts.jobs import JobPage, JobPublic, JobStatus
+from contracts.models import ModelList, ModelPublic
 from llm_tasks.errors import StreamLost, WaitTimeout, error_for
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -136,6 +137,7 @@ def _job_body(
     priority: int | None,
     delay_seconds: int | None,
     expires_in: int | None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "kind": str(kind),
@@ -143,7 +145,12 @@ def _job_body(
         if isinstance(job_input, BaseModel)
         else dict(job_input),
     }
-    options = {"priority": priority, "delay_seconds": delay_seconds, "expires_in": expires_in}
+    options = {
+        "priority": priority,
+        "delay_seconds": delay_seconds,
+        "expires_in": expires_in,
+        "model": model,
+    }
     body.update({name: value for name, value in options.items() if value is not None})
     return body
 
@@ -301,13 +308,19 @@ class Client(_Options):
         priority: int | None = None,
         delay_seconds: int | None = None,
         expires_in: int | None = None,
+        model: str | None = None,
     ) -> JobPublic:
-        """Submit a job; returns it at once (``queued``)."""
-        body = _job_body(kind, input, priority, delay_seconds, expires_in)
+        """Submit a job; returns it at once (``queued``). ``model``: a declared model's
+        name (``models()``); unset, the kind's steps use their role's default."""
+        body = _job_body(kind, input, priority, delay_seconds, expires_in, model)
         return JobPublic.model_validate_json(self._request("POST", "/v1/jobs", json=body).content)
 
     def get(self, job_id: str) -> JobPublic:
         return JobPublic.model_validate_json(self._request("GET", f"/v1/jobs/{job_id}").content)
+
+    def models(self) -> list[ModelPublic]:
+        """The deployment's models and how many live workers hold each."""
+        return ModelList.model_validate_json(self._request("GET", "/v1/models").content).data
 
     def list(
         self,
@@ -408,14 +421,19 @@ class AsyncClient(_Options):
         priority: int | None = None,
         delay_seconds: int | None = None,
         expires_in: int | None = None,
+        model: str | None = None,
     ) -> JobPublic:
-        body = _job_body(kind, input, priority, delay_seconds, expires_in)
+        body = _job_body(kind, input, priority, delay_seconds, expires_in, model)
         response = await self._request("POST", "/v1/jobs", json=body)
         return JobPublic.model_validate_json(response.content)
 
     async def get(self, job_id: str) -> JobPublic:
         response = await self._request("GET", f"/v1/jobs/{job_id}")
         return JobPublic.model_validate_json(response.content)
+
+    async def models(self) -> list[ModelPublic]:
+        response = await self._request("GET", "/v1/models")
+        return ModelList.model_validate_json(response.content).data
 
     async def list(
         self,

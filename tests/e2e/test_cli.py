@@ -225,3 +225,14 @@ def test_submit_a_chat_message_and_watch_the_reply(
     assert job["output"]["prompt_tokens"] == len(rendered["input_ids"])
     text = job["output"]["text"]
     assert f"--- chat ---\n{text}" in done.stdout or not text
+
+
+def test_models_are_listed_by_the_client_and_the_command(api_url: str):
+    with Client(api_url) as client:
+        models = {model.name: model for model in client.models()}
+    assert set(models) == {"generator", "summarizer", "classifier"}
+    assert models["generator"].chat_template is True
+    listed = cli(api_url, "models")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+    assert rows["generator"][1:4] == ["generator", "generate", str(models["generator"].workers)]
