@@ -31,6 +31,7 @@ def new_record(job: JobCreate, owner: str) -> JobRecord:
         created_at=now,
         not_before=now + timedelta(seconds=job.delay_seconds) if job.delay_seconds else None,
         expires_at=now + timedelta(seconds=job.expires_in) if job.expires_in else None,
+        deadline=now + timedelta(seconds=job.cancel_after) if job.cancel_after else None,
         model=job.model,
         steps=workflows.new_steps(kind, job_input),
     )

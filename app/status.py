@@ -93,6 +93,25 @@ def _done_at(meta: TaskMeta | None) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else None
 
 
+def _missed_deadline(
+    record: JobRecord,
+    status: JobStatus,
+    finished_at: datetime | None,
+    canceled_at: datetime | None,
+    now: datetime,
+) -> bool:
+    deadline = record.deadline
+    if deadline is None or now < deadline or status in {JobStatus.FAILED, JobStatus.EXPIRED}:
+        return False
+    if canceled_at is not None and canceled_at < deadline:
+        return False  # the client canceled it first
+    return (
+        not status.finished
+        or status is JobStatus.CANCELED
+        or (finished_at is not None and finished_at > deadline)
+    )
+
+
 def build_job(
     record: JobRecord,
     metas: list[TaskMeta | None],
@@ -161,6 +180,17 @@ def build_job(
     elif status is JobStatus.EXPIRED:
         error = JobError(type="expired", message="not started before it expired")
         finished_at = finished_at or record.expires_at
+    if _missed_deadline(record, status, finished_at, canceled_at, now):
+        # Not finished by its deadline: canceled, wherever it was (a result that came
+        # later does not count); the workers stop what still runs at its next token.
+        assert record.deadline is not None
+        status, output, finished_at = JobStatus.CANCELED, None, record.deadline
+        seconds = round((record.deadline - record.created_at).total_seconds())
+        error = JobError(type="deadline", message=f"not finished within cancel_after ({seconds} s)")
+        steps = [
+            step if step.status.finished else step.model_copy(update={"status": status})
+            for step in steps
+        ]
     return JobPublic(
         id=record.id,
         kind=record.kind,

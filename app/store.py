@@ -16,6 +16,7 @@ from app.errors import JobNotFound
 from contracts.jobs import (
     CANCELED_AT_FIELD,
     CREATED_FIELD,
+    DEADLINE_FIELD,
     ENDED_FIELD,
     KIND_FIELD,
     RECORD_FIELD,
@@ -75,16 +76,16 @@ class JobStore:
     async def create(self, record: JobRecord) -> None:
         key, index = job_key(record.id), owner_index_key(record.owner)
         horizon = score_of(datetime.now(UTC)) - self._ttl * 1_000_000
+        fields: dict[Any, Any] = {
+            RECORD_FIELD: record.model_dump_json(),
+            KIND_FIELD: record.kind.value,
+            CREATED_FIELD: record.created_at.timestamp(),
+            STEPS_FIELD: len(record.steps),
+        }
+        if record.deadline is not None:
+            fields[DEADLINE_FIELD] = record.deadline.timestamp()
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    RECORD_FIELD: record.model_dump_json(),
-                    KIND_FIELD: record.kind.value,
-                    CREATED_FIELD: record.created_at.timestamp(),
-                    STEPS_FIELD: len(record.steps),
-                },
-            )
+            pipe.hset(key, mapping=fields)
             pipe.expire(key, self._ttl)
             for step in record.steps:
                 pipe.set(task_key(step.task_id), record.id, ex=self._ttl)

@@ -51,6 +51,14 @@ class JobOptions(BaseModel):
     delay_seconds: Annotated[int, Bound("delay_limit")] = Field(
         default=0, ge=0, le=SECONDS_CEILING, description="Start no sooner than this."
     )
+    cancel_after: Annotated[int | None, Bound("result_expires")] = Field(
+        default=None,
+        ge=1,
+        le=SECONDS_CEILING,
+        description="A deadline, in seconds from submission: a job not finished by then is "
+        "canceled wherever it is (error type `deadline`) — a queued step never starts, a "
+        "running generation stops at its next token.",
+    )
     model: str | None = Field(
         default=None,
         min_length=1,
@@ -229,6 +237,7 @@ class JobRecord(BaseModel):
     created_at: datetime
     not_before: datetime | None = None
     expires_at: datetime | None = None
+    deadline: datetime | None = None
     model: str | None = None
     steps: list[StepRecord]
 
@@ -269,4 +278,6 @@ STEPS_DONE_FIELD = "steps_done"  # how many of them succeeded
 #: How the job ended, set once by whoever ends it first (a worker, or a cancel).
 ENDED_FIELD = "ended"
 CANCELED_AT_FIELD = "canceled_at"
+#: The job's cancel_after deadline, in epoch seconds (for the worker's scripts).
+DEADLINE_FIELD = "deadline"
 RECORD_FIELD = "record"

@@ -74,6 +74,9 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--delay", type=int, dest="delay_seconds", help="start no sooner (s)")
     submit.add_argument("--expires-in", type=int, help="give up if not started within (s)")
     submit.add_argument("--model", help="a declared model's name (llm-tasks models)")
+    submit.add_argument(
+        "--cancel-after", type=int, help="cancel the job if not finished within (s)"
+    )
     submit.add_argument("--watch", action="store_true", help="follow the job live until it ends")
     submit.add_argument("-q", "--quiet", action="store_true", help="print the job id only")
 
@@ -308,6 +311,7 @@ def run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
                 delay_seconds=args.delay_seconds,
                 expires_in=args.expires_in,
                 model=args.model,
+                cancel_after=args.cancel_after,
             )
             if args.quiet:
                 out.write(job.id + "\n")

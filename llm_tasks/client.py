@@ -138,6 +138,7 @@ def _job_body(
     delay_seconds: int | None,
     expires_in: int | None,
     model: str | None = None,
+    cancel_after: int | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "kind": str(kind),
@@ -150,6 +151,7 @@ def _job_body(
         "delay_seconds": delay_seconds,
         "expires_in": expires_in,
         "model": model,
+        "cancel_after": cancel_after,
     }
     body.update({name: value for name, value in options.items() if value is not None})
     return body
@@ -309,10 +311,12 @@ class Client(_Options):
         delay_seconds: int | None = None,
         expires_in: int | None = None,
         model: str | None = None,
+        cancel_after: int | None = None,
     ) -> JobPublic:
         """Submit a job; returns it at once (``queued``). ``model``: a declared model's
-        name (``models()``); unset, the kind's steps use their role's default."""
-        body = _job_body(kind, input, priority, delay_seconds, expires_in, model)
+        name (``models()``); unset, the kind's steps use their role's default.
+        ``cancel_after``: seconds after which the job is canceled if not finished."""
+        body = _job_body(kind, input, priority, delay_seconds, expires_in, model, cancel_after)
         return JobPublic.model_validate_json(self._request("POST", "/v1/jobs", json=body).content)
 
     def get(self, job_id: str) -> JobPublic:
@@ -422,8 +426,9 @@ class AsyncClient(_Options):
         delay_seconds: int | None = None,
         expires_in: int | None = None,
         model: str | None = None,
+        cancel_after: int | None = None,
     ) -> JobPublic:
-        body = _job_body(kind, input, priority, delay_seconds, expires_in, model)
+        body = _job_body(kind, input, priority, delay_seconds, expires_in, model, cancel_after)
         response = await self._request("POST", "/v1/jobs", json=body)
         return JobPublic.model_validate_json(response.content)
 

@@ -30,6 +30,7 @@ from celery.worker import state as worker_state
 from contracts.jobs import (
     CANCELED_AT_FIELD,
     CREATED_FIELD,
+    DEADLINE_FIELD,
     ENDED_FIELD,
     JOB_KEY_PREFIX,
     KIND_FIELD,
@@ -41,7 +42,14 @@ from contracts.jobs import (
 from contracts.metrics import JOB_RUN, JOB_WAIT, JOBS_FINISHED, STEP_RETRIES, STEPS_FINISHED
 from worker.config import get_settings
 from worker.errors import Canceled, InvalidInput, TransientError
-from worker.leases import CANCELED_BY_CLIENT, STEP_FAILED, LeaseHeld, RunningStep, StepWatch
+from worker.leases import (
+    CANCELED_BY_CLIENT,
+    DEADLINE,
+    STEP_FAILED,
+    LeaseHeld,
+    RunningStep,
+    StepWatch,
+)
 from worker.metrics import start_flushing, tally
 from worker.results import ResultBackend
 
@@ -56,41 +64,50 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 # One round trip when a step starts: which job it belongs to, whether the job was
-# canceled or failed in another step (then nothing else is touched), and if not the
+# canceled, failed in another step or is past its deadline (then nothing else is
+# touched), and if not the
 # start stamp and one more attempt; then whether this is the job's very first start,
-# its kind, its creation time (for the wait histogram) and this attempt's number.
+# its kind, its creation time (for the wait histogram), this attempt's number and the
+# job's deadline.
 # Touches nothing when the job is unknown (a plain Celery call) or expired, so no stray
 # record is resurrected.
 _START_STEP = """
 local job_id = redis.call('GET', KEYS[1])
-if not job_id then return {'', '', 0, '', '', 0} end
+if not job_id then return {'', '', 0, '', '', 0, ''} end
 local key = ARGV[1] .. job_id
-if redis.call('EXISTS', key) == 0 then return {'', '', 0, '', '', 0} end
-if redis.call('HEXISTS', key, ARGV[2]) == 1 then return {job_id, 'canceled', 0, '', '', 0} end
-if redis.call('HGET', key, ARGV[8]) == 'failed' then return {job_id, 'failed', 0, '', '', 0} end
+if redis.call('EXISTS', key) == 0 then return {'', '', 0, '', '', 0, ''} end
+if redis.call('HEXISTS', key, ARGV[2]) == 1 then return {job_id, 'canceled', 0, '', '', 0, ''} end
+if redis.call('HGET', key, ARGV[8]) == 'failed' then return {job_id, 'failed', 0, '', '', 0, ''} end
+local deadline = redis.call('HGET', key, ARGV[9]) or ''
+if deadline ~= '' and tonumber(ARGV[10]) >= tonumber(deadline) then
+  return {job_id, 'deadline', 0, '', '', 0, deadline}
+end
 local first = redis.call('HSETNX', key, ARGV[3], ARGV[4])
 local attempt = redis.call('HINCRBY', key, 'attempts:' .. ARGV[5], 1)
 local kind = redis.call('HGET', key, ARGV[6]) or ''
 local created = redis.call('HGET', key, ARGV[7]) or ''
-return {job_id, '', first, kind, created, attempt}
+return {job_id, '', first, kind, created, attempt, deadline}
 """
 
 # When a step ends: a success counts towards the job's steps and ends the job when it
-# is the last; a failure (or expiry) ends the job at once. Only the first end of a job
-# counts (a cancel may have come first). Returns the job's kind and start time when
-# this call ended the job, else nothing.
+# is the last; a failure (or expiry) ends the job at once; past the job's deadline it
+# ends canceled. Only the first end of a job counts (a cancel may have come first).
+# Returns the job's kind, start time and outcome when this call ended it, else nothing.
 _END_STEP = """
 local job_id = redis.call('GET', KEYS[1])
 if not job_id then return false end
 local key = ARGV[1] .. job_id
 if redis.call('EXISTS', key) == 0 then return false end
-if ARGV[2] == 'succeeded' then
+local outcome = ARGV[2]
+if outcome == 'succeeded' then
   local done = redis.call('HINCRBY', key, ARGV[3], 1)
   local total = tonumber(redis.call('HGET', key, ARGV[4]) or '0')
   if done < total then return false end
 end
-if redis.call('HSETNX', key, ARGV[5], ARGV[2]) == 0 then return false end
-return {redis.call('HGET', key, ARGV[6]) or '', redis.call('HGET', key, ARGV[7]) or ''}
+local deadline = redis.call('HGET', key, ARGV[8])
+if deadline and tonumber(ARGV[9]) >= tonumber(deadline) then outcome = 'canceled' end
+if redis.call('HSETNX', key, ARGV[5], outcome) == 0 then return false end
+return {redis.call('HGET', key, ARGV[6]) or '', redis.call('HGET', key, ARGV[7]) or '', outcome}
 """
 
 
@@ -133,15 +150,24 @@ class CancelToken:
     in memory, and the job's flags are read by :class:`~worker.leases.StepWatch`'s thread.
     """
 
-    def __init__(self, task_id: str, step: RunningStep | None) -> None:
+    def __init__(
+        self, task_id: str, step: RunningStep | None, deadline: float | None = None
+    ) -> None:
         self._task_id = task_id
         self._step = step
+        self._deadline = deadline
 
     def __call__(self) -> bool:
         step = self._step
-        return self._task_id in worker_state.revoked or (
-            step is not None and (step.lost or step.stop_reason is not None)
+        return (
+            self._task_id in worker_state.revoked
+            or (step is not None and (step.lost or step.stop_reason is not None))
+            or self.past_deadline()
         )
+
+    def past_deadline(self) -> bool:
+        """The job's ``cancel_after`` deadline has come."""
+        return self._deadline is not None and time.time() >= self._deadline
 
 
 class ProgressPublisher:
@@ -248,7 +274,9 @@ class JobTask(Task):  # type: ignore[misc]
             self.request.job_id = job_id
             self.request.attempt = attempt
             self.request.started = time.monotonic()
-            self.request.cancel_token = CancelToken(self.request.id, step)
+            self.request.cancel_token = CancelToken(
+                self.request.id, step, getattr(self.request, "deadline", None)
+            )
             self.request.progress = ProgressReporter(self, self.request.id, attempt)
             if stop_reason or self.request.cancel_token():
                 self._stop_canceled(f"not started: {stop_reason or CANCELED_BY_CLIENT}")
@@ -265,6 +293,8 @@ class JobTask(Task):  # type: ignore[misc]
                 )
                 raise Ignore() from None
             reason = step.stop_reason if step is not None else None
+            if self.request.cancel_token.past_deadline():
+                reason = DEADLINE
             if reason and reason != CANCELED_BY_CLIENT:
                 self._stop_canceled(f"{canceled}: {reason}")
             self._stop_canceled(str(canceled))
@@ -367,7 +397,7 @@ class JobTask(Task):  # type: ignore[misc]
         start_flushing()
         now = datetime.now(UTC)
         try:
-            job_id, stop_reason, first, kind, created, attempt = registry_redis().eval(
+            job_id, stop_reason, first, kind, created, attempt, deadline = registry_redis().eval(
                 _START_STEP,
                 1,
                 task_key(self.request.id),
@@ -379,13 +409,20 @@ class JobTask(Task):  # type: ignore[misc]
                 KIND_FIELD,
                 CREATED_FIELD,
                 ENDED_FIELD,
+                DEADLINE_FIELD,
+                now.timestamp(),
             )
         except redis.RedisError:
             logger.exception("task %s: could not read its job", self.request.id)
             return None, "", self.request.retries + 1
         job = job_id.decode() if job_id else None
+        self.request.deadline = float(deadline) if deadline else None
         if stop_reason:
-            reason = {b"canceled": CANCELED_BY_CLIENT, b"failed": STEP_FAILED}
+            reason = {
+                b"canceled": CANCELED_BY_CLIENT,
+                b"failed": STEP_FAILED,
+                b"deadline": DEADLINE,
+            }
             return job, reason.get(stop_reason, stop_reason.decode()), 0
         if first and created:
             wait = now.timestamp() - float(created)
@@ -458,13 +495,15 @@ def end_job(task_id: str, outcome: str) -> None:
             ENDED_FIELD,
             KIND_FIELD,
             STARTED_AT_FIELD,
+            DEADLINE_FIELD,
+            time.time(),
         )
     except redis.RedisError:
         logger.exception("task %s: could not record its end", task_id)
         return
     if not ended:
         return
-    kind, started_at = (value.decode() for value in ended)
+    kind, started_at, outcome = (value.decode() for value in ended)
     labels = {"kind": kind, "status": outcome}
     tally.inc(JOBS_FINISHED, labels)
     if started_at:

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 #: Why a step does not start, or stops.
 CANCELED_BY_CLIENT = "canceled by the client"
 STEP_FAILED = "another step of its job failed"
+#: A reason that starts so: the job's cancel_after deadline came (the API reads it so).
+DEADLINE = "deadline: not finished within the job's cancel_after"
 
 # KEYS[1]: the lease; ARGV: this holder's token, the TTL in ms. Returns '' when taken,
 # else the token of the holder (the key exists for SET NX to fail, so GET finds it).

@@ -262,3 +262,39 @@ def test_every_order_of_step_states_reads_right(kind, job_input, results, states
             assert job.status is JobStatus.QUEUED
         else:
             assert job.status is JobStatus.RUNNING and job.output is None
+
+
+DEADLINE_RECORD = RECORD.model_copy(update={"deadline": datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC)})
+RUNNING = {"status": "PROGRESS", "result": {"current": 3, "total": 40, "text": "so far"}}
+
+
+def success_at(moment: str) -> dict:
+    return {
+        "status": "SUCCESS",
+        "result": {"text": "t", "tokens": 1, "finish_reason": "length", "prompt_tokens": 1,
+                   "model": "m"},
+        "date_done": moment,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("meta", "now", "canceled_at", "expected"),
+    [
+        (RUNNING, NOW, None, ("canceled", "deadline")),  # running past its deadline
+        (None, NOW, None, ("canceled", "deadline")),  # never started
+        (RUNNING, datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC), None, ("running", None)),
+        (success_at(DONE), NOW, None, ("succeeded", None)),  # done in time
+        (success_at("2026-01-01T00:00:40+00:00"), NOW, None, ("canceled", "deadline")),  # late
+        (RUNNING, NOW, datetime(2026, 1, 1, 0, 0, 20, tzinfo=UTC), ("canceled", "canceled")),
+    ],
+)
+def test_a_job_not_finished_by_its_deadline_reads_canceled_by_it(meta, now, canceled_at, expected):
+    job = build([meta], record=DEADLINE_RECORD, started_at=NOW, now=now, canceled_at=canceled_at)
+    assert (job.status.value, job.error.type if job.error else None) == expected
+    if expected[1] == "deadline":
+        assert job.output is None
+        assert job.finished_at == DEADLINE_RECORD.deadline
+        # A step still going reads canceled; one that ended (too late) keeps its status.
+        late = meta is not None and meta["status"] == "SUCCESS"
+        assert [step.status.value for step in job.steps] == ["succeeded" if late else "canceled"]
+        assert "cancel_after (30 s)" in job.error.message

@@ -1,11 +1,17 @@
 """Cancel, retries, expiry, and a restarted API, on the real stack."""
 
+import json
+import re
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
+from contracts.jobs import RECORD_FIELD, JobRecord, job_key
+from llm_tasks import Client
 from tests.conftest import wait_for, wait_for_job
 from tools.stack import free_port, http_ok, start_api, wait_until
 
@@ -131,3 +137,35 @@ def test_a_restarted_api_reads_a_workflow_the_same(
         second.stop()
     assert done["status"] == "succeeded"
     assert all(done["output"][part] for part in ("outline", "story", "dialogue"))
+
+
+def test_a_job_not_finished_by_its_deadline_is_canceled_wherever_it_is(
+    api_url: str, client: httpx.Client, redis_url: str
+):
+    # Running: a slow generation (about 9 s of tokens) with a 2 s deadline.
+    with Client(api_url) as follower:
+        running = follower.submit(
+            "generate", {"prompt": "SLOW: a long night", "max_new_tokens": 90}, cancel_after=2
+        )
+        done = follower.wait(running.id, timeout=60)
+    assert done.status == "canceled"
+    assert done.error is not None and done.error.type == "deadline"
+    assert done.finished_at == done.created_at + timedelta(seconds=2)
+    # The worker stopped the generation there, at a token, short of its length.
+    store = redis.Redis.from_url(redis_url)
+    [step] = JobRecord.model_validate_json(store.hget(job_key(running.id), RECORD_FIELD)).steps
+    meta_key = f"celery-task-meta-{step.task_id}"
+    wait_until(lambda: b"deadline" in (store.get(meta_key) or b""), 30)
+    stopped = json.loads(store.get(meta_key))["result"]["exc_message"]
+    tokens = re.search(r"canceled after (\d+) of 90 tokens", " ".join(stopped))
+    assert tokens is not None and int(tokens[1]) < 90, stopped
+
+    # Queued: delayed past its deadline, it never starts.
+    body = {"kind": "generate", "input": {"prompt": "Later"}, "delay_seconds": 3, "cancel_after": 1}
+    queued = client.post("/v1/jobs", json=body).json()
+    ended = wait_for_job(client, queued["id"], timeout=30)
+    assert (ended["status"], ended["error"]["type"]) == ("canceled", "deadline")
+    time.sleep(4)  # the delay has passed: a worker took it, and did not run it
+    again = client.get(f"/v1/jobs/{queued['id']}").json()
+    assert again["status"] == "canceled" and again["started_at"] is None
+    assert again["attempts"] == 0
