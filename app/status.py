@@ -13,6 +13,7 @@ from typing import Any
 from app.workflows import output_of, progress_unit, stages_of
 from contracts.jobs import (
     JobError,
+    JobMetrics,
     JobPublic,
     JobRecord,
     JobStatus,
@@ -121,6 +122,7 @@ def build_job(
     canceled_at: datetime | None,
     now: datetime,
     urls: JobUrls,
+    first_token_at: datetime | None = None,
 ) -> JobPublic:
     statuses = [step_status(meta) for meta in metas]
     never_started = started_at is None and all(s is JobStatus.QUEUED for s in statuses)
@@ -204,5 +206,47 @@ def build_job(
         output=output,
         error=error,
         attempts=attempts.get(record.steps[current].task_id, 0),
+        metrics=job_metrics(
+            record, metas, status, started_at, finished_at, first_token_at, output is not None
+        ),
         urls=urls,
     )
+
+
+def job_metrics(
+    record: JobRecord,
+    metas: list[TaskMeta | None],
+    status: JobStatus,
+    started_at: datetime | None,
+    finished_at: datetime | None,
+    first_token_at: datetime | None,
+    has_output: bool,
+) -> JobMetrics:
+    """The job's times from the registry's stamps, its tokens from its steps' results."""
+    queue = (started_at - record.created_at).total_seconds() if started_at else None
+    run = (
+        (finished_at - started_at).total_seconds()
+        if started_at and finished_at and status.finished
+        else None
+    )
+    first = (first_token_at - started_at).total_seconds() if started_at and first_token_at else None
+    counts = [
+        meta["result"]["tokens"]
+        for meta in metas
+        if meta
+        and meta.get("status") == "SUCCESS"
+        and isinstance(meta.get("result"), dict)
+        and isinstance(meta["result"].get("tokens"), int)
+    ]
+    tokens = sum(counts) if counts and has_output else None
+    return JobMetrics(
+        queue_seconds=_rounded(queue),
+        run_seconds=_rounded(run),
+        time_to_first_token_seconds=_rounded(first),
+        tokens=tokens,
+        tokens_per_second=_rounded(tokens / run) if tokens is not None and run else None,
+    )
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(max(0.0, seconds), 4)

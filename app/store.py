@@ -18,6 +18,7 @@ from contracts.jobs import (
     CREATED_FIELD,
     DEADLINE_FIELD,
     ENDED_FIELD,
+    FIRST_TOKEN_FIELD,
     KIND_FIELD,
     RECORD_FIELD,
     STARTED_AT_FIELD,
@@ -48,6 +49,7 @@ class StoredJob:
     canceled_at: datetime | None
     attempts: dict[str, int]
     metas: list[dict[str, Any] | None]
+    first_token_at: datetime | None = None
 
 
 def score_of(moment: datetime) -> int:
@@ -169,9 +171,9 @@ class JobStore:
         metas = iter(json.loads(raw) if raw else None for raw in raw_metas)
         jobs = {
             record.id: StoredJob(
-                record, started, canceled, attempts, [next(metas) for _ in record.steps]
+                record, started, canceled, attempts, [next(metas) for _ in record.steps], first
             )
-            for record, started, canceled, attempts in partial
+            for record, started, canceled, attempts, first in partial
         }
         # The stamps were read before the steps' states: a step that started (and maybe
         # ended) in between has a state but no stamp yet. Read those jobs' stamps again,
@@ -184,9 +186,9 @@ class JobStore:
                 fresh: list[dict[bytes, bytes]] = await pipe.execute()
             for job, fields in zip(stale, fresh, strict=True):
                 if RECORD_FIELD.encode() in fields:
-                    _, started, canceled, attempts = _stamps(fields)
+                    _, started, canceled, attempts, first = _stamps(fields)
                     jobs[job.record.id] = StoredJob(
-                        job.record, started, canceled, attempts, job.metas
+                        job.record, started, canceled, attempts, job.metas, first
                     )
         return jobs
 
@@ -206,8 +208,9 @@ def _unstamped(job: StoredJob) -> bool:
 
 def _stamps(
     fields: dict[bytes, bytes],
-) -> tuple[JobRecord, datetime | None, datetime | None, dict[str, int]]:
-    """A job's record, start and cancel times and per-step attempts, from its hash."""
+) -> tuple[JobRecord, datetime | None, datetime | None, dict[str, int], datetime | None]:
+    """A job's record, start and cancel times, per-step attempts and first token time,
+    from its hash."""
     record = JobRecord.model_validate_json(fields[RECORD_FIELD.encode()])
     attempts = {
         name.decode().removeprefix(ATTEMPTS_PREFIX): int(value)
@@ -219,6 +222,7 @@ def _stamps(
         _moment(fields.get(STARTED_AT_FIELD.encode())),
         _moment(fields.get(CANCELED_AT_FIELD.encode())),
         attempts,
+        _moment(fields.get(FIRST_TOKEN_FIELD.encode())),
     )
 
 

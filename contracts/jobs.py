@@ -196,6 +196,24 @@ class JobUrls(BaseModel):
     events: str
 
 
+class JobMetrics(BaseModel):
+    """How long the job waited and ran, and how fast it wrote (null where it does not apply)."""
+
+    queue_seconds: float | None = Field(
+        default=None, description="From submission to the start of its first step."
+    )
+    run_seconds: float | None = Field(
+        default=None, description="From the start of its first step to its end."
+    )
+    time_to_first_token_seconds: float | None = Field(
+        default=None, description="From the start to the first generated token (generation)."
+    )
+    tokens: int | None = Field(default=None, description="Tokens generated (generation).")
+    tokens_per_second: float | None = Field(
+        default=None, description="Tokens over the run's seconds (generation)."
+    )
+
+
 class JobPublic(BaseModel):
     """A job as the API shows it."""
 
@@ -211,6 +229,7 @@ class JobPublic(BaseModel):
     output: JobOutput | None = Field(default=None, description="The kind's output, once succeeded.")
     error: JobError | None = None
     attempts: int = Field(description="Tries of the current step so far (retries included).")
+    metrics: JobMetrics = Field(default_factory=JobMetrics)
     urls: JobUrls
 
 
@@ -280,4 +299,6 @@ ENDED_FIELD = "ended"
 CANCELED_AT_FIELD = "canceled_at"
 #: The job's cancel_after deadline, in epoch seconds (for the worker's scripts).
 DEADLINE_FIELD = "deadline"
+#: When the job's first token was generated (ISO time), stamped once by a worker.
+FIRST_TOKEN_FIELD = "first_token_at"
 RECORD_FIELD = "record"

@@ -52,6 +52,13 @@ JOB_RUN = MetricSpec(
     ("kind", "status"),
     (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
 )
+TIME_TO_FIRST_TOKEN = MetricSpec(
+    "llm_tasks_time_to_first_token_seconds",
+    "histogram",
+    "From the start of a generation job's first step to its first generated token.",
+    ("kind",),
+    (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 BATCH_SIZE = MetricSpec(
     "llm_tasks_batch_size",
     "histogram",
@@ -91,6 +98,7 @@ SPECS: dict[str, MetricSpec] = {
         JOBS_FINISHED,
         JOB_WAIT,
         JOB_RUN,
+        TIME_TO_FIRST_TOKEN,
         BATCH_SIZE,
         TOKENS,
         BUSY_SECONDS,

@@ -32,14 +32,23 @@ from contracts.jobs import (
     CREATED_FIELD,
     DEADLINE_FIELD,
     ENDED_FIELD,
+    FIRST_TOKEN_FIELD,
     JOB_KEY_PREFIX,
     KIND_FIELD,
     STARTED_AT_FIELD,
     STEPS_DONE_FIELD,
     STEPS_FIELD,
+    job_key,
     task_key,
 )
-from contracts.metrics import JOB_RUN, JOB_WAIT, JOBS_FINISHED, STEP_RETRIES, STEPS_FINISHED
+from contracts.metrics import (
+    JOB_RUN,
+    JOB_WAIT,
+    JOBS_FINISHED,
+    STEP_RETRIES,
+    STEPS_FINISHED,
+    TIME_TO_FIRST_TOKEN,
+)
 from worker.config import get_settings
 from worker.errors import Canceled, InvalidInput, TransientError
 from worker.leases import (
@@ -197,6 +206,14 @@ class ProgressPublisher:
             while self._writing == task_id:
                 self._changed.wait()
 
+    def flush(self, key: str, timeout: float = 5.0) -> None:
+        """Wait (a bounded while) until what waits under ``key`` is written."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while key in self._pending or self._writing == key:
+                if not self._changed.wait(max(0.0, deadline - time.monotonic())):
+                    return
+
     def _write_forever(self) -> None:
         while True:
             with self._changed:
@@ -228,12 +245,25 @@ class ProgressReporter:
     batcher's thread may call it too.
     """
 
-    def __init__(self, task: Task, task_id: str, attempt: int) -> None:
+    def __init__(self, task: Task, task_id: str, attempt: int, job_id: str | None = None) -> None:
         self._task = task
         self._task_id = task_id
         self._attempt = attempt
+        self._job_id = job_id
         self._interval = get_settings().progress_interval
         self._published_at: float | None = None
+        self._first_token_seen = False
+
+    def first_token(self) -> None:
+        """A generation of this step has its first token: the job's first, unless an
+        earlier step had one (stamped once, by the publisher's thread)."""
+        if self._first_token_seen or self._job_id is None:
+            return
+        self._first_token_seen = True
+        job_id, at = self._job_id, datetime.now(UTC)
+        progress_publisher().publish(
+            first_token_key(self._task_id), lambda: stamp_first_token(job_id, at)
+        )
 
     def due(self) -> bool:
         return self._published_at is None or time.monotonic() - self._published_at >= self._interval
@@ -277,14 +307,16 @@ class JobTask(Task):  # type: ignore[misc]
             self.request.cancel_token = CancelToken(
                 self.request.id, step, getattr(self.request, "deadline", None)
             )
-            self.request.progress = ProgressReporter(self, self.request.id, attempt)
+            self.request.progress = ProgressReporter(self, self.request.id, attempt, job_id)
             if stop_reason or self.request.cancel_token():
                 self._stop_canceled(f"not started: {stop_reason or CANCELED_BY_CLIENT}")
             try:
                 return super().__call__(*args, **kwargs)
             finally:
-                # Before the final state is stored: no progress may land after it.
+                # Before the final state is stored: no progress may land after it, and
+                # the first token's stamp is in (a reader of the end sees it).
                 progress_publisher().settle(self.request.id)
+                progress_publisher().flush(first_token_key(self.request.id))
         except Canceled as canceled:
             if step is not None and step.lost:
                 logger.error(
@@ -472,6 +504,36 @@ class JobTask(Task):  # type: ignore[misc]
         logger.info("task %s stopped: %s", self.request.id, reason)
         self.backend.mark_as_revoked(self.request.id, reason, request=self.request)
         raise Ignore()
+
+
+# The job's first token, stamped once; returns the job's start and kind when this call
+# stamped it (for the time-to-first-token histogram), else nothing.
+_FIRST_TOKEN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
+return {redis.call('HGET', KEYS[1], ARGV[3]) or '', redis.call('HGET', KEYS[1], ARGV[4]) or ''}
+"""
+
+
+def first_token_key(task_id: str) -> str:
+    """The publisher's key for a step's first-token stamp (apart from its progress)."""
+    return f"{task_id}:first-token"
+
+
+def stamp_first_token(job_id: str, at: datetime) -> None:
+    stamped = registry_redis().eval(
+        _FIRST_TOKEN,
+        1,
+        job_key(job_id),
+        FIRST_TOKEN_FIELD,
+        at.isoformat(),
+        STARTED_AT_FIELD,
+        KIND_FIELD,
+    )
+    if stamped and stamped[0]:
+        started, kind = (value.decode() for value in stamped)
+        waited = (at - datetime.fromisoformat(started)).total_seconds()
+        tally.observe(TIME_TO_FIRST_TOKEN, {"kind": kind}, max(0.0, waited))
 
 
 def release_lease(task: Task) -> None:

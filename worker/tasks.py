@@ -93,6 +93,8 @@ def _generate(
     report = on_text or report_tokens
 
     def stream(tokens: list[int]) -> None:
+        if tokens:
+            progress.first_token()
         if progress.due():  # decode only when an update will be published
             text = inference.stable_text(loaded.tokenizer, tokens)
             report(len(tokens), visible_text(text, stops))

@@ -72,6 +72,7 @@ def _public(request: Request, job: StoredJob) -> JobPublic:
         canceled_at=job.canceled_at,
         now=datetime.now(UTC),
         urls=JobUrls(self=job_url, events=f"{job_url}/events"),
+        first_token_at=job.first_token_at,
     )
 
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import datetime
 
 import httpx
 import pytest
@@ -226,3 +227,28 @@ def test_a_bad_conversation_is_422_naming_the_field(
     assert response.status_code == 422, response.text
     problem = response.json()
     assert any(field in map(str, error["loc"]) for error in problem["errors"]), problem
+
+
+def test_each_job_carries_its_metrics(client: httpx.Client):
+    job = submit(client, input={"prompt": "The harbor", "max_new_tokens": 24}).json()
+    done = wait_for_job(client, job["id"])
+    metrics = done["metrics"]
+    created, started, finished = (
+        datetime.fromisoformat(done[field]) for field in ("created_at", "started_at", "finished_at")
+    )
+    assert metrics["queue_seconds"] == pytest.approx((started - created).total_seconds(), abs=1e-3)
+    assert metrics["run_seconds"] == pytest.approx((finished - started).total_seconds(), abs=1e-3)
+    total = metrics["queue_seconds"] + metrics["run_seconds"]
+    assert total == pytest.approx((finished - created).total_seconds(), abs=2e-3)
+    assert 0 < metrics["time_to_first_token_seconds"] <= metrics["run_seconds"]
+    assert metrics["tokens"] == done["output"]["tokens"] == 24
+    assert metrics["tokens_per_second"] == pytest.approx(24 / metrics["run_seconds"], rel=1e-2)
+
+    classified = submit(client, kind="sentiment", input={"text": "Lovely"}).json()
+    sentiment = wait_for_job(client, classified["id"])
+    assert sentiment["metrics"]["time_to_first_token_seconds"] is None
+    assert sentiment["metrics"]["tokens"] is None
+    assert sentiment["metrics"]["run_seconds"] is not None
+
+    scraped = client.get("/metrics").text
+    assert 'llm_tasks_time_to_first_token_seconds_count{kind="generate"}' in scraped
