@@ -18,7 +18,7 @@ from contracts.names import JobKind
 from contracts.settings import CommonSettings
 
 
-def new_record(job: JobCreate, owner: str) -> JobRecord:
+def new_record(job: JobCreate, owner: str, idempotency_key: str | None = None) -> JobRecord:
     now = datetime.now(UTC)
     kind = JobKind(job.kind)
     job_input = job.input.model_dump()
@@ -33,6 +33,7 @@ def new_record(job: JobCreate, owner: str) -> JobRecord:
         expires_at=now + timedelta(seconds=job.expires_in) if job.expires_in else None,
         deadline=now + timedelta(seconds=job.cancel_after) if job.cancel_after else None,
         model=job.model,
+        idempotency_key=idempotency_key,
         steps=workflows.new_steps(kind, job_input),
     )
 

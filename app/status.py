@@ -206,6 +206,7 @@ def build_job(
         output=output,
         error=error,
         attempts=attempts.get(record.steps[current].task_id, 0),
+        idempotency_key=record.idempotency_key,
         metrics=job_metrics(
             record, metas, status, started_at, finished_at, first_token_at, output is not None
         ),

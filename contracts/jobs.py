@@ -230,6 +230,9 @@ class JobPublic(BaseModel):
     error: JobError | None = None
     attempts: int = Field(description="Tries of the current step so far (retries included).")
     metrics: JobMetrics = Field(default_factory=JobMetrics)
+    idempotency_key: str | None = Field(
+        default=None, description="The Idempotency-Key it was submitted with, if any."
+    )
     urls: JobUrls
 
 
@@ -258,6 +261,7 @@ class JobRecord(BaseModel):
     expires_at: datetime | None = None
     deadline: datetime | None = None
     model: str | None = None
+    idempotency_key: str | None = None
     steps: list[StepRecord]
 
 

@@ -77,6 +77,10 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--cancel-after", type=int, help="cancel the job if not finished within (s)"
     )
+    submit.add_argument("--idempotency-key", help="a key that makes a retried submit the same job")
+    submit.add_argument(
+        "--wait", type=int, help="answer with the finished job if it ends within (s)"
+    )
     submit.add_argument("--watch", action="store_true", help="follow the job live until it ends")
     submit.add_argument("-q", "--quiet", action="store_true", help="print the job id only")
 
@@ -312,6 +316,8 @@ def run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
                 expires_in=args.expires_in,
                 model=args.model,
                 cancel_after=args.cancel_after,
+                idempotency_key=args.idempotency_key,
+                wait=args.wait,
             )
             if args.quiet:
                 out.write(job.id + "\n")
@@ -319,6 +325,8 @@ def run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
                 out.write(job.model_dump_json() + "\n")
             elif not args.json:
                 out.write(f"job {job.id} {job.status.value} ({job.kind.value})\n")
+                if job.status.finished and not args.watch:  # --wait, and it ended in time
+                    out.write(describe(job) + "\n")
             out.flush()
             return follow(client, job.id, args.json, out) if args.watch else EXIT_OK
         case "watch":

@@ -131,6 +131,20 @@ def _settings(base_url: str | None, api_key: str | None) -> tuple[str, dict[str,
     return url.rstrip("/"), ({"Authorization": f"Bearer {key}"} if key else {})
 
 
+def _submit_options(key: str | None, wait: int | None, timeout: float) -> dict[str, Any]:
+    """The submit's headers (Idempotency-Key, Prefer: wait) and, when it waits, a read
+    timeout that outlasts the wait."""
+    headers = {}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    if wait is not None:
+        headers["Prefer"] = f"wait={wait}"
+    options: dict[str, Any] = {"headers": headers}
+    if wait is not None:
+        options["timeout"] = timeout + wait
+    return options
+
+
 def _job_body(
     kind: str,
     job_input: Input,
@@ -312,12 +326,18 @@ class Client(_Options):
         expires_in: int | None = None,
         model: str | None = None,
         cancel_after: int | None = None,
+        idempotency_key: str | None = None,
+        wait: int | None = None,
     ) -> JobPublic:
         """Submit a job; returns it at once (``queued``). ``model``: a declared model's
         name (``models()``); unset, the kind's steps use their role's default.
-        ``cancel_after``: seconds after which the job is canceled if not finished."""
+        ``cancel_after``: seconds after which the job is canceled if not finished.
+        ``idempotency_key``: submitting again with it (a retry) gets the same job.
+        ``wait``: return the finished job if it ends within that many seconds."""
         body = _job_body(kind, input, priority, delay_seconds, expires_in, model, cancel_after)
-        return JobPublic.model_validate_json(self._request("POST", "/v1/jobs", json=body).content)
+        options = _submit_options(idempotency_key, wait, self.timeout)
+        response = self._request("POST", "/v1/jobs", json=body, **options)
+        return JobPublic.model_validate_json(response.content)
 
     def get(self, job_id: str) -> JobPublic:
         return JobPublic.model_validate_json(self._request("GET", f"/v1/jobs/{job_id}").content)
@@ -427,9 +447,12 @@ class AsyncClient(_Options):
         expires_in: int | None = None,
         model: str | None = None,
         cancel_after: int | None = None,
+        idempotency_key: str | None = None,
+        wait: int | None = None,
     ) -> JobPublic:
         body = _job_body(kind, input, priority, delay_seconds, expires_in, model, cancel_after)
-        response = await self._request("POST", "/v1/jobs", json=body)
+        options = _submit_options(idempotency_key, wait, self.timeout)
+        response = await self._request("POST", "/v1/jobs", json=body, **options)
         return JobPublic.model_validate_json(response.content)
 
     async def get(self, job_id: str) -> JobPublic:

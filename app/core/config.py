@@ -13,6 +13,11 @@ class ApiSettings(CommonSettings):
         default="",
         description="Comma-separated API keys; empty leaves the API open (one shared owner).",
     )
+    max_wait_seconds: int = Field(
+        default=60,
+        ge=0,
+        description="Longest `Prefer: wait=N` a submit honors (a longer one waits this long).",
+    )
     sse_heartbeat: float = Field(
         default=15.0,
         gt=0,

@@ -1,5 +1,6 @@
 """/v1/jobs: submit a job, read it, list yours."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
@@ -23,11 +24,20 @@ from app.deps import (
     enforce_rate_limit,
 )
 from app.errors import InputRejected, JobFinished, QueueFull
-from app.events import Inbox, job_events, step_channels
+from app.events import EventHub, Inbox, job_events, step_channels
+from app.idempotency import Idempotency, fingerprint, parse_key
 from app.routes.models import published
 from app.status import build_job
-from app.store import StoredJob, decode_cursor, encode_cursor, score_of
-from contracts.jobs import JobCreate, JobPage, JobPublic, JobStatus, JobUrls, job_examples
+from app.store import JobStore, StoredJob, decode_cursor, encode_cursor, score_of
+from contracts.jobs import (
+    JobCreate,
+    JobPage,
+    JobPublic,
+    JobRecord,
+    JobStatus,
+    JobUrls,
+    job_examples,
+)
 from contracts.models import ModelRole
 from contracts.names import DEFAULT_PRIORITY, JobKind
 from contracts.schemas import limit_violations
@@ -80,6 +90,12 @@ def _public(request: Request, job: StoredJob) -> JobPublic:
     "",
     status_code=202,
     responses={
+        200: {
+            "model": JobPublic,
+            "description": "With `Prefer: wait=N`: the job, which ended within N seconds",
+        },
+        409: PROBLEM
+        | {"description": "A request with this Idempotency-Key is still being accepted"},
         413: PROBLEM | {"description": "Request body too large"},
         422: PROBLEM | {"description": "Invalid input; `errors` names each offending field"},
         503: PROBLEM
@@ -96,8 +112,29 @@ async def create_job(
     celery: CeleryDep,
     depths: DepthsDep,
     redis: RedisDep,
+    hub: HubDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            description="Makes a retried submit safe: the same key and body (per API key) "
+            "answer with the job first created; another body is a 422, a request while the "
+            "first is still being accepted a 409.",
+            examples=["3f6c9e2a-0d7b-4b53-9d0e-8e2c1a7b5f10"],
+        ),
+    ] = None,
+    prefer: Annotated[
+        str | None,
+        Header(
+            description="`wait=N`: answer with the finished job (200, `Preference-Applied`) "
+            "if it ends within N seconds (at most LLM_TASKS_MAX_WAIT_SECONDS), else the "
+            "usual 202.",
+            examples=["wait=20"],
+        ),
+    ] = None,
 ) -> JobPublic:
-    """Submit a job; answers at once with its id, status `queued` and where to follow it."""
+    """Submit a job; answers at once with its id, status `queued` and where to follow it
+    (or, with `Prefer: wait=N`, with the job once it ends, if it ends within N seconds)."""
+    wait = _wait_preference(prefer, settings.max_wait_seconds)
     errors = [
         {"loc": ["body", "input", v.field], "msg": v.message, "type": "limit"}
         for v in limit_violations(job.input, settings)
@@ -110,13 +147,43 @@ async def create_job(
         errors += await _chat_template_missing(redis, settings, job.model)
     if errors:
         raise InputRejected(errors)
+    keys = Idempotency(redis, settings.result_expires)
+    key = parse_key(idempotency_key) if idempotency_key is not None else None
+    body_print = fingerprint(job.model_dump(mode="json")) if key else ""
+    if key is not None and (first_id := await keys.claim(owner, key, body_print)) is not None:
+        response.headers["Idempotent-Replayed"] = "true"
+        return await _answer(request, response, store, hub, await store.get(first_id, owner), wait)
+    try:
+        record = await _accept(job, owner, settings, store, celery, depths, key)
+    except BaseException:
+        if key is not None:
+            await keys.release(owner, key)
+        raise
+    if key is not None:
+        await keys.bind(owner, key, body_print, record.id)
+    stored = StoredJob(
+        record, started_at=None, canceled_at=None, attempts={}, metas=[None] * len(record.steps)
+    )
+    return await _answer(request, response, store, hub, stored, wait)
+
+
+async def _accept(
+    job: Any,
+    owner: str,
+    settings: ApiSettings,
+    store: JobStore,
+    celery: Any,
+    depths: Any,
+    key: str | None,
+) -> JobRecord:
+    """Check the queues' room, record the job and hand it to the broker."""
     if settings.max_queue_depth:
         kind, job_input = JobKind(job.kind), job.input.model_dump()
         for queue in workflows.queues_of(kind, job_input, settings, job.model):
             depth = await depths.depth(queue)
             if depth >= settings.max_queue_depth:
                 raise QueueFull(queue, depth, settings.max_queue_depth)
-    record = dispatch.new_record(job, owner)
+    record = dispatch.new_record(job, owner, key)
     await store.create(record)
     try:
         await run_in_threadpool(dispatch.send, celery, record, settings)
@@ -136,11 +203,53 @@ async def create_job(
             "task_ids": ",".join(step.task_id for step in record.steps),
         },
     )
-    stored = StoredJob(
-        record, started_at=None, canceled_at=None, attempts={}, metas=[None] * len(record.steps)
-    )
-    public = _public(request, stored)
+    return record
+
+
+def _wait_preference(prefer: str | None, longest: int) -> int | None:
+    """``wait=N`` among the ``Prefer`` header's preferences (RFC 7240), capped."""
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                seconds = int(value.strip().strip('"'))
+            except ValueError:
+                return None  # not understood: ignored, as RFC 7240 says
+            return max(0, min(seconds, longest))
+    return None
+
+
+async def _answer(
+    request: Request,
+    response: Response,
+    store: JobStore,
+    hub: EventHub,
+    job: StoredJob,
+    wait: int | None,
+) -> JobPublic:
+    """The job as it is (202), or — asked to wait — once it ends (200), pushed by the
+    job's own state updates (no polling, no thread held), else as it is then (202)."""
+    public = _public(request, job)
     response.headers["Location"] = public.urls.self
+    if wait is None:
+        return public
+    response.headers["Preference-Applied"] = f"wait={wait}"
+    if not public.status.finished:
+        deadline = asyncio.get_running_loop().time() + wait
+        async with hub.subscription(step_channels(job)) as inbox:
+            owner = job.record.owner
+            public = _public(request, await store.get(job.record.id, owner))
+            while not public.status.finished:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(inbox.get(), remaining)
+                except TimeoutError:
+                    break
+                public = _public(request, await store.get(job.record.id, owner))
+    if public.status.finished:
+        response.status_code = 200
     return public
 
 

@@ -236,3 +236,13 @@ def test_models_are_listed_by_the_client_and_the_command(api_url: str):
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
     assert rows["generator"][1:4] == ["generator", "generate", str(models["generator"].workers)]
+
+
+def test_submit_with_a_key_and_a_wait(api_url: str):
+    key = f"cli-{os.getpid()}-{free_port()}"
+    args = ("submit", "sentiment", "What a day", "--idempotency-key", key, "--wait", "20")
+    first, again = cli(api_url, *args), cli(api_url, *args)
+    assert first.returncode == again.returncode == 0, first.stderr
+    job_id = re.match(r"job (\S+) succeeded \(sentiment\)", first.stdout)[1]
+    assert again.stdout.startswith(f"job {job_id} succeeded")  # the same job, not a second
+    assert "POSITIVE" in first.stdout or "NEGATIVE" in first.stdout
