@@ -1,6 +1,7 @@
 """Settings that the API and the workers must agree on (prefix ``LLM_TASKS_``)."""
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,7 +83,7 @@ class CommonSettings(BaseSettings):
         A role the list leaves out has one model named by the role, from
         ``LLM_TASKS_<ROLE>_MODEL`` — so without the setting there are exactly three.
         """
-        return _declared(self.models, self._role_sources())
+        return list(_declared(self.models, tuple(self._role_sources().items())))
 
     def model_for(self, role: ModelRole, name: str | None = None) -> DeclaredModel:
         """The model named ``name`` when it has ``role``, else the role's default."""
@@ -112,7 +113,11 @@ class CommonSettings(BaseSettings):
         return ceiling if self.max_delay_seconds is None else min(self.max_delay_seconds, ceiling)
 
 
-def _declared(setting: str | None, sources: dict[ModelRole, str]) -> list[DeclaredModel]:
+@lru_cache(maxsize=16)
+def _declared(
+    setting: str | None, sources: tuple[tuple[ModelRole, str], ...]
+) -> tuple[DeclaredModel, ...]:
+    """Read once per setting: tasks ask for their model on every call."""
     entries: list[Any] = []
     if setting:
         text = Path(setting[1:]).read_text() if setting.startswith("@") else setting
@@ -127,7 +132,7 @@ def _declared(setting: str | None, sources: dict[ModelRole, str]) -> list[Declar
             ROLE_QUEUES[role].value if first else f"{ROLE_QUEUES[role].value}.{entry['name']}"
         )
         models.append(DeclaredModel(**{**entry, "queue": queue}))
-    for role, source in sources.items():
+    for role, source in sources:
         if not any(model.role is role for model in models):
             models.append(
                 DeclaredModel(name=role.value, role=role, source=source, queue=ROLE_QUEUES[role])
@@ -136,4 +141,4 @@ def _declared(setting: str | None, sources: dict[ModelRole, str]) -> list[Declar
     if len(set(names)) != len(names):
         raise ValueError(f"LLM_TASKS_MODELS: model names must be unique, got {names}")
     # Each role's default first, in the order of the roles.
-    return sorted(models, key=lambda model: list(ModelRole).index(model.role))
+    return tuple(sorted(models, key=lambda model: list(ModelRole).index(model.role)))
