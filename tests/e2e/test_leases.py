@@ -135,7 +135,7 @@ def test_a_job_longer_than_the_visibility_timeout_starts_once(stack: Stack, clie
 
 
 def test_a_delay_longer_than_the_visibility_timeout_runs_once(stack: Stack, client: httpx.Client):
-    delay = VISIBILITY_TIMEOUT + 5
+    delay = VISIBILITY_TIMEOUT + 2
     body = {"kind": "generate", "input": {"prompt": "Later", "max_new_tokens": 4}}
     response = client.post("/v1/jobs", json=body | {"delay_seconds": delay})
     assert response.status_code == 202, response.text  # was a 422 before leases
