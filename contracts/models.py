@@ -56,7 +56,8 @@ TASK_ROLES: dict[TaskName, ModelRole | None] = {
 
 
 class DeclaredModel(BaseModel):
-    """A model of the deployment: the settings name it (``LLM_TASKS_<ROLE>_MODEL``)."""
+    """A model of the deployment, as the settings declare it (``LLM_TASKS_MODELS``, or
+    ``LLM_TASKS_<ROLE>_MODEL``)."""
 
     name: str = Field(description="How jobs and the listing call it.")
     role: ModelRole
@@ -64,24 +65,16 @@ class DeclaredModel(BaseModel):
     queue: str = Field(description="The queue its jobs go to; a worker consumes it to serve it.")
 
 
-class PublishedModel(BaseModel):
+class PublishedModel(DeclaredModel):
     """What a worker that loaded the model knows of it."""
 
-    name: str
-    role: ModelRole
-    source: str
-    queue: str
     context_window: int = Field(description="Prompt and generated tokens together.")
     chat_template: bool = Field(description="Its tokenizer has a chat template (`chat` jobs).")
 
 
-class ModelPublic(BaseModel):
+class ModelPublic(DeclaredModel):
     """A model as `GET /v1/models` lists it."""
 
-    name: str
-    role: ModelRole
-    source: str
-    queue: str
     context_window: int | None = Field(description="Null until a worker has loaded it.")
     chat_template: bool | None = Field(description="Null until a worker has loaded it.")
     workers: int = Field(description="Live workers that hold it (0: its jobs wait).")
