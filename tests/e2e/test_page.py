@@ -6,6 +6,8 @@ import shutil
 import httpx
 import pytest
 
+from contracts.names import JobKind
+
 from tests.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +36,7 @@ def test_submit_a_job_and_watch_it_stream_in_the_browser(api_url: str, client: h
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 900})
             page.goto(f"{api_url}/")
-            expect(page.locator("#kind option")).to_have_count(8)
+            expect(page.locator("#kind option")).to_have_count(len(JobKind))  # every kind
             page.select_option("#kind", "generate")
             assert json.loads(page.input_value("#input"))["prompt"]  # the kind's example
             page.fill(
