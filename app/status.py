@@ -10,6 +10,7 @@ as their result).
 from datetime import datetime
 from typing import Any
 
+from app.store import StoredJob
 from app.workflows import output_of, progress_unit, stages_of
 from contracts.jobs import (
     JobError,
@@ -111,6 +112,25 @@ def _missed_deadline(
         or status is JobStatus.CANCELED
         or (finished_at is not None and finished_at > deadline)
     )
+
+
+def show(job: StoredJob, job_url: str, now: datetime) -> JobPublic:
+    """The job as clients see it (GET, the event stream and the webhooks alike)."""
+    public = build_job(
+        job.record,
+        job.metas,
+        started_at=job.started_at,
+        attempts=job.attempts,
+        canceled_at=job.canceled_at,
+        now=now,
+        urls=JobUrls(self=job_url, events=f"{job_url}/events"),
+        first_token_at=job.first_token_at,
+    )
+    if job.record.webhook:
+        public.webhook = job.record.webhook
+        public.webhook_events_filter = job.record.webhook_events
+        public.webhook_deliveries = list(job.deliveries)
+    return public
 
 
 def build_job(

@@ -7,7 +7,7 @@ scored by creation time, for listing newest first.
 
 import base64
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from contracts.jobs import (
     STEPS_FIELD,
     JobRecord,
     JobStatus,
+    WebhookDelivery,
     job_key,
     owner_index_key,
     task_key,
@@ -37,6 +38,7 @@ from contracts.metrics import (
     counter_fields,
     histogram_fields,
 )
+from contracts.webhooks import WEBHOOK_EVENTS_FIELD, deliveries_key
 
 CELERY_META_PREFIX = "celery-task-meta-"
 ATTEMPTS_PREFIX = "attempts:"
@@ -50,6 +52,7 @@ class StoredJob:
     attempts: dict[str, int]
     metas: list[dict[str, Any] | None]
     first_token_at: datetime | None = None
+    deliveries: tuple[WebhookDelivery, ...] = ()
 
 
 def score_of(moment: datetime) -> int:
@@ -86,6 +89,8 @@ class JobStore:
         }
         if record.deadline is not None:
             fields[DEADLINE_FIELD] = record.deadline.timestamp()
+        if record.webhook_events:
+            fields[WEBHOOK_EVENTS_FIELD] = ",".join(record.webhook_events)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)
             pipe.expire(key, self._ttl)
@@ -105,8 +110,9 @@ class JobStore:
             pipe.zrem(owner_index_key(record.owner), record.id)
             await pipe.execute()
 
-    async def cancel(self, record: JobRecord, started_at: datetime | None) -> None:
-        """Flag the job canceled; workers read the flag before each step and while generating."""
+    async def cancel(self, record: JobRecord, started_at: datetime | None) -> bool:
+        """Flag the job canceled; workers read the flag before each step and while generating.
+        True when this call ended the job (nothing else had)."""
         now = datetime.now(UTC)
         key = job_key(record.id)
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -122,6 +128,7 @@ class JobStore:
                 for field, amount in fields.items():
                     pipe.hincrbyfloat(METRICS_KEY, field, amount)
                 await pipe.execute()
+        return bool(ended_now)
 
     async def get(self, job_id: str, owner: str) -> StoredJob:
         jobs = await self._load([job_id])
@@ -129,6 +136,10 @@ class JobStore:
         if job is None or job.record.owner != owner:
             raise JobNotFound(job_id)
         return job
+
+    async def find(self, job_id: str) -> StoredJob | None:
+        """The job, whoever owns it (None once it expired)."""
+        return (await self._load([job_id])).get(job_id)
 
     async def page(
         self, owner: str, cursor: str | None, batch: int
@@ -190,6 +201,14 @@ class JobStore:
                     jobs[job.record.id] = StoredJob(
                         job.record, started, canceled, attempts, job.metas, first
                     )
+        with_webhooks = [job for job in jobs.values() if job.record.webhook]
+        if with_webhooks:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job in with_webhooks:
+                    pipe.hgetall(deliveries_key(job.record.id))
+                found: list[dict[bytes, bytes]] = await pipe.execute()
+            for job, fields in zip(with_webhooks, found, strict=True):
+                jobs[job.record.id] = replace(job, deliveries=_deliveries(fields))
         return jobs
 
 
@@ -224,6 +243,20 @@ def _stamps(
         attempts,
         _moment(fields.get(FIRST_TOKEN_FIELD.encode())),
     )
+
+
+def _deliveries(fields: dict[bytes, bytes]) -> tuple[WebhookDelivery, ...]:
+    """The deliveries of a job's webhook, in the order they were made; of the output
+    deliveries only the latest (a long generation makes two a second)."""
+    deliveries = [
+        WebhookDelivery.model_validate_json(value)
+        for name, value in fields.items()
+        if value.startswith(b"{") and not name.endswith((b":task", b":body"))
+    ]
+    outputs = [d for d in deliveries if d.event == "output"]
+    latest = max(outputs, key=lambda d: int(d.id.rsplit(":", 1)[1]), default=None)
+    kept = [d for d in deliveries if d.event != "output" or d is latest]
+    return tuple(sorted(kept, key=lambda d: d.created_at))
 
 
 def _moment(value: bytes | None) -> datetime | None:

@@ -3,8 +3,9 @@
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from contracts.names import DEFAULT_PRIORITY, PRIORITY_LEVELS, JobKind
 from contracts.schemas import (
@@ -37,6 +38,8 @@ class JobStatus(StrEnum):
 
 #: No countdown or expiry beyond this, whatever the settings (a year).
 SECONDS_CEILING = 365 * 86400
+
+WebhookEventName = Literal["start", "output", "completed"]
 
 
 class JobOptions(BaseModel):
@@ -73,6 +76,57 @@ class JobOptions(BaseModel):
         description="Give up if not started within this many seconds (at most as long as "
         "the job is kept).",
     )
+    webhook: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        description="An http(s) URL that gets a signed POST of the job (Standard Webhooks) at "
+        "each event of `webhook_events_filter`. Addresses on loopback, private or reserved "
+        "networks are refused unless the deployment allows them; redirects are not followed.",
+        examples=["https://example.com/hooks/llm-tasks"],
+    )
+    webhook_events_filter: list[WebhookEventName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=3,
+        description="Which events get a delivery: `start` (the job started), `output` "
+        "(generated text, at most every 500 ms, the latest), `completed` (it ended, however). "
+        "Default: `completed`.",
+        examples=[["start", "completed"]],
+    )
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - a bad port raises here
+        except ValueError as error:
+            raise ValueError(f"not a URL: {error}") from None
+        if parts.scheme not in {"http", "https"}:
+            raise ValueError(f"a webhook is an http:// or https:// URL, not {parts.scheme or url}")
+        if not parts.hostname:
+            raise ValueError("a webhook URL needs a host")
+        return url
+
+    @field_validator("webhook_events_filter")
+    @classmethod
+    def _events_need_a_webhook(
+        cls, events: list[WebhookEventName] | None, info: ValidationInfo
+    ) -> list[WebhookEventName] | None:
+        if events is not None and info.data.get("webhook") is None:
+            raise ValueError("webhook_events_filter needs a webhook")
+        return events
+
+    @property
+    def webhook_events(self) -> list[str]:
+        """The events with a delivery, in their order (none without a webhook)."""
+        if self.webhook is None:
+            return []
+        chosen = set(self.webhook_events_filter or ["completed"])
+        return [event for event in ("start", "output", "completed") if event in chosen]
 
 
 class GenerateJob(JobOptions):
@@ -214,6 +268,22 @@ class JobMetrics(BaseModel):
     )
 
 
+class WebhookDelivery(BaseModel):
+    """One event's delivery to the job's webhook (output: the latest one only)."""
+
+    id: str = Field(description="Its `webhook-id` header: the same on every attempt.")
+    event: WebhookEventName
+    state: Literal["pending", "delivered", "failed", "superseded"] = Field(
+        description="`failed`: given up after the retry window; `superseded`: an output "
+        "delivery that a later one replaced before it got through."
+    )
+    attempts: int = 0
+    status_code: int | None = Field(default=None, description="The last attempt's answer.")
+    error: str | None = Field(default=None, description="Why the last attempt failed.")
+    created_at: datetime
+    delivered_at: datetime | None = None
+
+
 class JobPublic(BaseModel):
     """A job as the API shows it."""
 
@@ -232,6 +302,11 @@ class JobPublic(BaseModel):
     metrics: JobMetrics = Field(default_factory=JobMetrics)
     idempotency_key: str | None = Field(
         default=None, description="The Idempotency-Key it was submitted with, if any."
+    )
+    webhook: str | None = None
+    webhook_events_filter: list[WebhookEventName] | None = None
+    webhook_deliveries: list[WebhookDelivery] = Field(
+        default_factory=list, description="Each event's delivery so far (output: the latest)."
     )
     urls: JobUrls
 
@@ -262,6 +337,10 @@ class JobRecord(BaseModel):
     deadline: datetime | None = None
     model: str | None = None
     idempotency_key: str | None = None
+    webhook: str | None = None
+    webhook_events: list[WebhookEventName] = Field(default_factory=list)
+    #: Where the job was read at submission (webhook deliveries carry its urls).
+    job_url: str | None = None
     steps: list[StepRecord]
 
 

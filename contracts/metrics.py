@@ -90,6 +90,19 @@ STEP_RETRIES = MetricSpec(
     "Retries of steps after a transient error.",
     ("task",),
 )
+WEBHOOK_ATTEMPTS = MetricSpec(
+    "llm_tasks_webhook_attempts",
+    "counter",
+    "Webhook delivery attempts, by event and outcome (delivered, retry, failed).",
+    ("event", "outcome"),
+)
+WEBHOOK_LATENCY = MetricSpec(
+    "llm_tasks_webhook_attempt_seconds",
+    "histogram",
+    "How long one webhook delivery attempt took (the receiver's answer, or the error).",
+    ("event",),
+    (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 SPECS: dict[str, MetricSpec] = {
     spec.name: spec
@@ -104,6 +117,8 @@ SPECS: dict[str, MetricSpec] = {
         BUSY_SECONDS,
         STEPS_FINISHED,
         STEP_RETRIES,
+        WEBHOOK_ATTEMPTS,
+        WEBHOOK_LATENCY,
     )
 }
 

@@ -18,6 +18,8 @@ class TaskName(StrEnum):
     REPLY_ANALYZE = "llm_tasks.reply.analyze"
     REPLY_VARIANT = "llm_tasks.reply.variant"
     REPLY_RANK = "llm_tasks.reply.rank"
+    #: Not a model's task: run by the webhooks worker (``app.webhooks.worker``).
+    DELIVER_WEBHOOK = "llm_tasks.deliver_webhook"
 
 
 class QueueName(StrEnum):
@@ -27,6 +29,8 @@ class QueueName(StrEnum):
     SUMMARIZE = "summarize"
     CLASSIFY = "classify"
     DEFAULT = "default"
+    #: Webhook deliveries, consumed by the webhooks worker alone (never a model worker).
+    WEBHOOKS = "webhooks"
 
 
 class JobKind(StrEnum):
@@ -56,6 +60,7 @@ TASK_QUEUES: dict[TaskName, QueueName] = {
     TaskName.REPLY_ANALYZE: QueueName.CLASSIFY,
     TaskName.REPLY_VARIANT: QueueName.GENERATE,
     TaskName.REPLY_RANK: QueueName.CLASSIFY,
+    TaskName.DELIVER_WEBHOOK: QueueName.WEBHOOKS,
 }
 
 

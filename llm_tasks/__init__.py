@@ -9,7 +9,8 @@
 
 from contracts.jobs import JobPage, JobPublic, JobStatus
 from contracts.names import JobKind
-from llm_tasks.client import AsyncClient, Client, Event, StepTexts, TextRestart
+from contracts.webhooks import InvalidSignature
+from llm_tasks.client import AsyncClient, Client, Event, StepTexts, TextRestart, verify_webhook
 from llm_tasks.errors import (
     ApiError,
     Conflict,
@@ -30,6 +31,7 @@ __all__ = [
     "Conflict",
     "Event",
     "InvalidInput",
+    "InvalidSignature",
     "JobKind",
     "JobPage",
     "JobPublic",
@@ -43,4 +45,5 @@ __all__ = [
     "TextRestart",
     "Unauthorized",
     "WaitTimeout",
+    "verify_webhook",
 ]

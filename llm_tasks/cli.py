@@ -77,6 +77,14 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--cancel-after", type=int, help="cancel the job if not finished within (s)"
     )
+    submit.add_argument("--webhook", help="a URL that gets a signed POST of the job")
+    submit.add_argument(
+        "--webhook-event",
+        action="append",
+        dest="webhook_events_filter",
+        choices=["start", "output", "completed"],
+        help="an event that gets a webhook delivery (default: completed); repeatable",
+    )
     submit.add_argument("--idempotency-key", help="a key that makes a retried submit the same job")
     submit.add_argument(
         "--wait", type=int, help="answer with the finished job if it ends within (s)"
@@ -316,6 +324,8 @@ def run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
                 expires_in=args.expires_in,
                 model=args.model,
                 cancel_after=args.cancel_after,
+                webhook=args.webhook,
+                webhook_events_filter=args.webhook_events_filter,
                 idempotency_key=args.idempotency_key,
                 wait=args.wait,
             )

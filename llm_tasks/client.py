@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from contracts.jobs import JobPage, JobPublic, JobStatus
 from contracts.models import ModelList, ModelPublic
+from contracts.webhooks import secret_key, verify
 from llm_tasks.errors import StreamLost, WaitTimeout, error_for
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -145,30 +146,31 @@ def _submit_options(key: str | None, wait: int | None, timeout: float) -> dict[s
     return options
 
 
-def _job_body(
-    kind: str,
-    job_input: Input,
-    priority: int | None,
-    delay_seconds: int | None,
-    expires_in: int | None,
-    model: str | None = None,
-    cancel_after: int | None = None,
-) -> dict[str, Any]:
+def _job_body(kind: str, job_input: Input, **options: Any) -> dict[str, Any]:
+    """The submit's JSON: the kind, its input and the job options that were given."""
     body: dict[str, Any] = {
         "kind": str(kind),
         "input": job_input.model_dump(mode="json", exclude_none=True)
         if isinstance(job_input, BaseModel)
         else dict(job_input),
     }
-    options = {
-        "priority": priority,
-        "delay_seconds": delay_seconds,
-        "expires_in": expires_in,
-        "model": model,
-        "cancel_after": cancel_after,
-    }
     body.update({name: value for name, value in options.items() if value is not None})
+    if body.get("webhook_events_filter") is not None:
+        body["webhook_events_filter"] = list(body["webhook_events_filter"])
     return body
+
+
+def verify_webhook(
+    body: bytes | str, headers: Mapping[str, str], secret: str, *, tolerance: float = 300.0
+) -> JobPublic:
+    """The job a webhook delivery carries, once its Standard Webhooks signature checks out
+    against ``secret`` (the deployment's ``whsec_…``) and its timestamp is within
+    ``tolerance`` seconds; raises :class:`InvalidSignature` otherwise. Pass the raw body,
+    as received. ``headers["webhook-event"]`` says which event it is; ``headers["webhook-id"]``
+    is the same on every attempt of one event (dedupe on it)."""
+    raw = body.encode() if isinstance(body, str) else body
+    verify(secret_key(secret), raw, dict(headers), tolerance=tolerance)
+    return JobPublic.model_validate_json(raw)
 
 
 def _list_params(
@@ -326,15 +328,30 @@ class Client(_Options):
         expires_in: int | None = None,
         model: str | None = None,
         cancel_after: int | None = None,
+        webhook: str | None = None,
+        webhook_events_filter: Sequence[str] | None = None,
         idempotency_key: str | None = None,
         wait: int | None = None,
     ) -> JobPublic:
         """Submit a job; returns it at once (``queued``). ``model``: a declared model's
         name (``models()``); unset, the kind's steps use their role's default.
         ``cancel_after``: seconds after which the job is canceled if not finished.
+        ``webhook``: a URL that gets a signed POST of the job at the events of
+        ``webhook_events_filter`` (``start``, ``output``, ``completed``; default
+        ``completed``) — check each with :func:`verify_webhook`.
         ``idempotency_key``: submitting again with it (a retry) gets the same job.
         ``wait``: return the finished job if it ends within that many seconds."""
-        body = _job_body(kind, input, priority, delay_seconds, expires_in, model, cancel_after)
+        body = _job_body(
+            kind,
+            input,
+            priority=priority,
+            delay_seconds=delay_seconds,
+            expires_in=expires_in,
+            model=model,
+            cancel_after=cancel_after,
+            webhook=webhook,
+            webhook_events_filter=webhook_events_filter,
+        )
         options = _submit_options(idempotency_key, wait, self.timeout)
         response = self._request("POST", "/v1/jobs", json=body, **options)
         return JobPublic.model_validate_json(response.content)
@@ -447,10 +464,22 @@ class AsyncClient(_Options):
         expires_in: int | None = None,
         model: str | None = None,
         cancel_after: int | None = None,
+        webhook: str | None = None,
+        webhook_events_filter: Sequence[str] | None = None,
         idempotency_key: str | None = None,
         wait: int | None = None,
     ) -> JobPublic:
-        body = _job_body(kind, input, priority, delay_seconds, expires_in, model, cancel_after)
+        body = _job_body(
+            kind,
+            input,
+            priority=priority,
+            delay_seconds=delay_seconds,
+            expires_in=expires_in,
+            model=model,
+            cancel_after=cancel_after,
+            webhook=webhook,
+            webhook_events_filter=webhook_events_filter,
+        )
         options = _submit_options(idempotency_key, wait, self.timeout)
         response = await self._request("POST", "/v1/jobs", json=body, **options)
         return JobPublic.model_validate_json(response.content)

@@ -4,6 +4,7 @@ The stack is a private ``redis-server`` on a free port, a real Celery worker pro
 the API under uvicorn, driven over real sockets. Nothing is mocked.
 """
 
+import base64
 import contextlib
 import shutil
 import time
@@ -21,6 +22,7 @@ from tools.stack import (
     http_ok,
     start_api,
     start_redis,
+    start_webhooks_worker,
     start_worker,
     wait_until,
 )
@@ -30,6 +32,10 @@ ARTIFACTS = ROOT / "test-artifacts"
 TEST_MAX_NEW_TOKENS = 96
 #: Seconds between heartbeats of an idle event stream, short for the tests.
 TEST_HEARTBEAT = 0.5
+#: The stack's webhook signing secret (whsec_ + base64 of 32 bytes).
+TEST_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"llm-tasks: the tests' secret key.").decode()
+#: Seconds a test delivery is retried before it is given up.
+TEST_WEBHOOK_WINDOW = 4
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +74,13 @@ def stack_env(redis_url: str) -> dict[str, str]:
         progress_interval="0.1",
         sse_heartbeat=str(TEST_HEARTBEAT),
         log_format="json",
+        # The tests' webhook receiver listens on 127.0.0.1; retries come fast and end soon.
+        webhook_secret=TEST_WEBHOOK_SECRET,
+        webhook_allow_private_networks="true",
+        webhook_backoff="0.2",
+        webhook_backoff_max="1",
+        webhook_retry_window=str(TEST_WEBHOOK_WINDOW),
+        webhook_timeout="3",
     )
 
 
@@ -76,6 +89,13 @@ def worker(stack_env: dict[str, str], log_dir: Path, tiny_models_dir: Path) -> I
     process = start_worker(
         stack_env, log_dir, app="tests.support.fault_worker", extra=["--concurrency", "4"]
     )
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def webhooks_worker(stack_env: dict[str, str], log_dir: Path) -> Iterator[Process]:
+    process = start_webhooks_worker(stack_env, log_dir)
     yield process
     process.stop()
 

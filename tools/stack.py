@@ -1,4 +1,4 @@
-"""Start the whole stack on this machine: Redis, a worker and the API.
+"""Start the whole stack on this machine: Redis, a worker, the webhooks worker and the API.
 
 ``make run`` calls :func:`main`; the end-to-end tests use the same pieces. Redis is the
 one at ``LLM_TASKS_REDIS_URL`` when it answers, else a private ``redis-server`` (Debian's,
@@ -150,6 +150,11 @@ def start_worker(
     return spawn(name, argv, env, log_dir)
 
 
+def start_webhooks_worker(env: dict[str, str], log_dir: Path) -> Process:
+    """The worker that sends the jobs' webhooks (the webhooks queue only, no models)."""
+    return start_worker(env, log_dir, app="app.webhooks.worker", name="webhooks")
+
+
 def start_api(env: dict[str, str], log_dir: Path, *, host: str, port: int) -> Process:
     argv = [
         sys.executable, "-m", "uvicorn", "app.main:app",
@@ -198,7 +203,8 @@ def running_stack(
     log_dir: Path,
     private_redis: bool = False,
 ) -> Iterator[Stack]:
-    """Redis (the configured one if it answers, else a private one), a worker and the API."""
+    """Redis (the configured one if it answers, else a private one), a worker, the
+    webhooks worker and the API."""
     env = dict(env if env is not None else os.environ)
     processes: list[Process] = []
     try:
@@ -208,6 +214,7 @@ def running_stack(
             processes.append(server)
         env["LLM_TASKS_REDIS_URL"] = redis_url
         processes.append(start_worker(env, log_dir))
+        processes.append(start_webhooks_worker(env, log_dir))
         api = start_api(env, log_dir, host=host, port=port)
         processes.append(api)
         api_url = f"http://{'127.0.0.1' if host in {'0.0.0.0', '::'} else host}:{port}"

@@ -49,6 +49,17 @@ from contracts.metrics import (
     STEPS_FINISHED,
     TIME_TO_FIRST_TOKEN,
 )
+from contracts.webhooks import (
+    OUTPUT_INTERVAL,
+    OUTPUT_SEQUENCE_FIELD,
+    OUTPUT_SLOT,
+    WEBHOOK_EVENTS_FIELD,
+    WebhookEvent,
+    deliveries_key,
+    enqueue,
+    output_slot_key,
+    parse_events,
+)
 from worker.config import get_settings
 from worker.errors import Canceled, InvalidInput, TransientError
 from worker.leases import (
@@ -76,32 +87,38 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 # canceled, failed in another step or is past its deadline (then nothing else is
 # touched), and if not the
 # start stamp and one more attempt; then whether this is the job's very first start,
-# its kind, its creation time (for the wait histogram), this attempt's number and the
-# job's deadline.
+# its kind, its creation time (for the wait histogram), this attempt's number, the
+# job's deadline and the events its webhook wants.
 # Touches nothing when the job is unknown (a plain Celery call) or expired, so no stray
 # record is resurrected.
 _START_STEP = """
 local job_id = redis.call('GET', KEYS[1])
-if not job_id then return {'', '', 0, '', '', 0, ''} end
+if not job_id then return {'', '', 0, '', '', 0, '', ''} end
 local key = ARGV[1] .. job_id
-if redis.call('EXISTS', key) == 0 then return {'', '', 0, '', '', 0, ''} end
-if redis.call('HEXISTS', key, ARGV[2]) == 1 then return {job_id, 'canceled', 0, '', '', 0, ''} end
-if redis.call('HGET', key, ARGV[8]) == 'failed' then return {job_id, 'failed', 0, '', '', 0, ''} end
+if redis.call('EXISTS', key) == 0 then return {'', '', 0, '', '', 0, '', ''} end
+if redis.call('HEXISTS', key, ARGV[2]) == 1 then
+  return {job_id, 'canceled', 0, '', '', 0, '', ''}
+end
+if redis.call('HGET', key, ARGV[8]) == 'failed' then
+  return {job_id, 'failed', 0, '', '', 0, '', ''}
+end
 local deadline = redis.call('HGET', key, ARGV[9]) or ''
 if deadline ~= '' and tonumber(ARGV[10]) >= tonumber(deadline) then
-  return {job_id, 'deadline', 0, '', '', 0, deadline}
+  return {job_id, 'deadline', 0, '', '', 0, deadline, ''}
 end
 local first = redis.call('HSETNX', key, ARGV[3], ARGV[4])
 local attempt = redis.call('HINCRBY', key, 'attempts:' .. ARGV[5], 1)
 local kind = redis.call('HGET', key, ARGV[6]) or ''
 local created = redis.call('HGET', key, ARGV[7]) or ''
-return {job_id, '', first, kind, created, attempt, deadline}
+local webhooks = redis.call('HGET', key, ARGV[11]) or ''
+return {job_id, '', first, kind, created, attempt, deadline, webhooks}
 """
 
 # When a step ends: a success counts towards the job's steps and ends the job when it
 # is the last; a failure (or expiry) ends the job at once; past the job's deadline it
 # ends canceled. Only the first end of a job counts (a cancel may have come first).
-# Returns the job's kind, start time and outcome when this call ended it, else nothing.
+# Returns the job's id, kind, start time, outcome and webhook events when this call ended
+# it, else nothing.
 _END_STEP = """
 local job_id = redis.call('GET', KEYS[1])
 if not job_id then return false end
@@ -116,7 +133,9 @@ end
 local deadline = redis.call('HGET', key, ARGV[8])
 if deadline and tonumber(ARGV[9]) >= tonumber(deadline) then outcome = 'canceled' end
 if redis.call('HSETNX', key, ARGV[5], outcome) == 0 then return false end
-return {redis.call('HGET', key, ARGV[6]) or '', redis.call('HGET', key, ARGV[7]) or '', outcome}
+local kind = redis.call('HGET', key, ARGV[6]) or ''
+local started = redis.call('HGET', key, ARGV[7]) or ''
+return {job_id, kind, started, outcome, redis.call('HGET', key, ARGV[10]) or ''}
 """
 
 
@@ -245,11 +264,19 @@ class ProgressReporter:
     batcher's thread may call it too.
     """
 
-    def __init__(self, task: Task, task_id: str, attempt: int, job_id: str | None = None) -> None:
+    def __init__(
+        self,
+        task: Task,
+        task_id: str,
+        attempt: int,
+        job_id: str | None = None,
+        webhooks: frozenset[WebhookEvent] = frozenset(),
+    ) -> None:
         self._task = task
         self._task_id = task_id
         self._attempt = attempt
         self._job_id = job_id
+        self._output_webhook = job_id is not None and WebhookEvent.OUTPUT in webhooks
         self._interval = get_settings().progress_interval
         self._published_at: float | None = None
         self._first_token_seen = False
@@ -284,9 +311,14 @@ class ProgressReporter:
         if text is not None:
             meta["text"] = text
         backend, task_id, attempt = self._task.backend, self._task_id, self._attempt
-        progress_publisher().publish(
-            task_id, lambda: backend.store_result(task_id, meta, "PROGRESS", attempt=attempt)
-        )
+        job_id = self._job_id if self._output_webhook and text else None
+
+        def write() -> None:
+            backend.store_result(task_id, meta, "PROGRESS", attempt=attempt)
+            if job_id is not None:
+                send_output_webhook(job_id)
+
+        progress_publisher().publish(task_id, write)
 
 
 class JobTask(Task):  # type: ignore[misc]
@@ -307,7 +339,13 @@ class JobTask(Task):  # type: ignore[misc]
             self.request.cancel_token = CancelToken(
                 self.request.id, step, getattr(self.request, "deadline", None)
             )
-            self.request.progress = ProgressReporter(self, self.request.id, attempt, job_id)
+            self.request.progress = ProgressReporter(
+                self,
+                self.request.id,
+                attempt,
+                job_id,
+                getattr(self.request, "webhooks", frozenset()),
+            )
             if stop_reason or self.request.cancel_token():
                 self._stop_canceled(f"not started: {stop_reason or CANCELED_BY_CLIENT}")
             try:
@@ -429,7 +467,7 @@ class JobTask(Task):  # type: ignore[misc]
         start_flushing()
         now = datetime.now(UTC)
         try:
-            job_id, stop_reason, first, kind, created, attempt, deadline = registry_redis().eval(
+            found = registry_redis().eval(
                 _START_STEP,
                 1,
                 task_key(self.request.id),
@@ -443,11 +481,14 @@ class JobTask(Task):  # type: ignore[misc]
                 ENDED_FIELD,
                 DEADLINE_FIELD,
                 now.timestamp(),
+                WEBHOOK_EVENTS_FIELD,
             )
         except redis.RedisError:
             logger.exception("task %s: could not read its job", self.request.id)
             return None, "", self.request.retries + 1
+        job_id, stop_reason, first, kind, created, attempt, deadline, webhooks = found
         job = job_id.decode() if job_id else None
+        self.request.webhooks = parse_events(webhooks)
         self.request.deadline = float(deadline) if deadline else None
         if stop_reason:
             reason = {
@@ -459,6 +500,8 @@ class JobTask(Task):  # type: ignore[misc]
         if first and created:
             wait = now.timestamp() - float(created)
             tally.observe(JOB_WAIT, {"kind": kind.decode()}, max(0.0, wait))
+        if first and job and WebhookEvent.START in self.request.webhooks:
+            send_webhook(job, WebhookEvent.START)
         attempt = int(attempt) or self.request.retries + 1
         logger.info(
             "job %s: step %s started (task %s, attempt %d)",
@@ -536,6 +579,39 @@ def stamp_first_token(job_id: str, at: datetime) -> None:
         tally.observe(TIME_TO_FIRST_TOKEN, {"kind": kind}, max(0.0, waited))
 
 
+def send_webhook(job_id: str, event: WebhookEvent, **options: Any) -> None:
+    """Hand a delivery to the webhooks worker; a broker error loses this event's webhook,
+    never the step."""
+    from worker.celery_app import app
+
+    try:
+        enqueue(app, job_id, event, **options)
+    except Exception:
+        logger.exception("job %s: its %s webhook could not be enqueued", job_id, event.value)
+
+
+def send_output_webhook(job_id: str, *, last: bool = False) -> None:
+    """The job's next output delivery, if one is due (at most one per OUTPUT_INTERVAL,
+    each with the text as it is when it goes; ``last``: the job ended)."""
+    try:
+        slot = registry_redis().eval(
+            OUTPUT_SLOT,
+            2,
+            output_slot_key(job_id),
+            deliveries_key(job_id),
+            int(OUTPUT_INTERVAL * 1000),
+            "1" if last else "0",
+            OUTPUT_SEQUENCE_FIELD,
+            get_settings().result_expires,
+        )
+    except redis.RedisError:
+        logger.exception("job %s: no output webhook", job_id)
+        return
+    if slot:
+        sequence, delay_ms = slot
+        send_webhook(job_id, WebhookEvent.OUTPUT, sequence=sequence, countdown=delay_ms / 1000)
+
+
 def release_lease(task: Task) -> None:
     """After a step's final state is stored: its lease goes (see ``task_postrun``)."""
     step: RunningStep | None = getattr(task.request, "running_step", None)
@@ -559,13 +635,19 @@ def end_job(task_id: str, outcome: str) -> None:
             STARTED_AT_FIELD,
             DEADLINE_FIELD,
             time.time(),
+            WEBHOOK_EVENTS_FIELD,
         )
     except redis.RedisError:
         logger.exception("task %s: could not record its end", task_id)
         return
     if not ended:
         return
-    kind, started_at, outcome = (value.decode() for value in ended)
+    job_id, kind, started_at, outcome, webhooks = (value.decode() for value in ended)
+    events = parse_events(webhooks)
+    if WebhookEvent.COMPLETED in events:
+        send_webhook(job_id, WebhookEvent.COMPLETED)
+    if WebhookEvent.OUTPUT in events:
+        send_output_webhook(job_id, last=True)
     labels = {"kind": kind, "status": outcome}
     tally.inc(JOBS_FINISHED, labels)
     if started_at:

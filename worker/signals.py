@@ -21,7 +21,7 @@ from celery.signals import (
 
 from contracts.logs import formatter
 from contracts.models import DeclaredModel
-from contracts.names import WORKER_REFUSALS_KEY, WORKER_REFUSALS_TTL
+from contracts.names import WORKER_REFUSALS_KEY, WORKER_REFUSALS_TTL, QueueName
 from worker.catalog import catalog
 from worker.config import get_settings
 from worker.engine import inference_process
@@ -97,6 +97,11 @@ def refuse_wrong_models(sender: Any = None, **_: Any) -> None:
     model as the generator, a classifier without its head, a folder that does not exist)
     stops it, with one line saying why."""
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
+    app = getattr(sender, "app", None)
+    if app is not None:
+        # Webhook deliveries are the webhooks worker's (app.webhooks.worker): a model
+        # worker never takes one, whatever -Q says.
+        app.amqp.queues.deselect([QueueName.WEBHOOKS.value])
     SERVED[:] = served_models(sender)
     inference_process().models = [model.name for model in SERVED]
     try:

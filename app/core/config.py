@@ -3,9 +3,10 @@
 import hashlib
 from functools import cached_property, lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 
 from contracts.settings import CommonSettings
+from contracts.webhooks import secret_key
 
 
 class ApiSettings(CommonSettings):
@@ -53,6 +54,55 @@ class ApiSettings(CommonSettings):
         ge=1024,
         description="Largest request body; a bigger one gets 413 before it is parsed.",
     )
+
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="`whsec_` + base64 of the key that signs webhook deliveries (Standard "
+        "Webhooks); unset, jobs with a webhook are refused.",
+    )
+    webhook_allow_private_networks: bool = Field(
+        default=False,
+        description="Deliver to webhooks on loopback, private, link-local or reserved "
+        "addresses (refused by default: a job must not reach into the deployment's network).",
+    )
+    webhook_timeout: float = Field(
+        default=10.0, gt=0, le=60, description="Seconds one delivery attempt may take."
+    )
+    webhook_retry_window: int = Field(
+        default=6 * 3600,
+        ge=0,
+        description="Seconds a delivery is retried (a failure or a non-2xx answer) before it "
+        "is given up, at most as long as the job is kept.",
+    )
+    webhook_backoff: float = Field(
+        default=5.0, gt=0, description="Seconds before a delivery's first retry; doubles each try."
+    )
+    webhook_backoff_max: float = Field(
+        default=3600.0, gt=0, description="Longest wait between two tries of a delivery."
+    )
+    webhook_concurrency: int = Field(
+        default=16, ge=1, description="Deliveries one webhooks worker makes at once."
+    )
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is None:
+            return None
+        value = secret.get_secret_value()
+        try:
+            key = secret_key(value)
+        except ValueError:
+            key = b""
+        if not value.startswith("whsec_") or not 16 <= len(key) <= 64:
+            raise ValueError("LLM_TASKS_WEBHOOK_SECRET is whsec_ and the base64 of 16 to 64 bytes")
+        return secret
+
+    @property
+    def webhook_key(self) -> bytes | None:
+        """The signing key (the secret's bytes)."""
+        secret = self.webhook_secret
+        return None if secret is None else secret_key(secret.get_secret_value())
 
     @cached_property
     def key_owners(self) -> dict[str, str]:

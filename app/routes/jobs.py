@@ -27,15 +27,15 @@ from app.errors import InputRejected, JobFinished, QueueFull
 from app.events import EventHub, Inbox, job_events, step_channels
 from app.idempotency import Idempotency, fingerprint, parse_key
 from app.routes.models import published
-from app.status import build_job
+from app.status import show
 from app.store import JobStore, StoredJob, decode_cursor, encode_cursor, score_of
+from app.webhooks.targets import TargetRefused, resolve
 from contracts.jobs import (
     JobCreate,
     JobPage,
     JobPublic,
     JobRecord,
     JobStatus,
-    JobUrls,
     job_examples,
 )
 from contracts.models import ModelRole
@@ -73,17 +73,7 @@ EXAMPLES: dict[str, Any] = {
 
 
 def _public(request: Request, job: StoredJob) -> JobPublic:
-    job_url = str(request.url_for("read_job", job_id=job.record.id))
-    return build_job(
-        job.record,
-        job.metas,
-        started_at=job.started_at,
-        attempts=job.attempts,
-        canceled_at=job.canceled_at,
-        now=datetime.now(UTC),
-        urls=JobUrls(self=job_url, events=f"{job_url}/events"),
-        first_token_at=job.first_token_at,
-    )
+    return show(job, str(request.url_for("read_job", job_id=job.record.id)), datetime.now(UTC))
 
 
 @router.post(
@@ -143,6 +133,8 @@ async def create_job(
         for v in limit_violations(job, settings)
     ]
     errors += _model_problems(job, settings)
+    if job.webhook is not None:
+        errors += await _webhook_problems(job.webhook, settings)
     if job.kind == "chat" and not errors:
         errors += await _chat_template_missing(redis, settings, job.model)
     if errors:
@@ -154,7 +146,7 @@ async def create_job(
         response.headers["Idempotent-Replayed"] = "true"
         return await _answer(request, response, store, hub, await store.get(first_id, owner), wait)
     try:
-        record = await _accept(job, owner, settings, store, celery, depths, key)
+        record = await _accept(job, owner, settings, store, celery, depths, key, request)
     except BaseException:
         if key is not None:
             await keys.release(owner, key)
@@ -175,6 +167,7 @@ async def _accept(
     celery: Any,
     depths: Any,
     key: str | None,
+    request: Request,
 ) -> JobRecord:
     """Check the queues' room, record the job and hand it to the broker."""
     if settings.max_queue_depth:
@@ -183,7 +176,9 @@ async def _accept(
             depth = await depths.depth(queue)
             if depth >= settings.max_queue_depth:
                 raise QueueFull(queue, depth, settings.max_queue_depth)
-    record = dispatch.new_record(job, owner, key)
+    record = dispatch.new_record(
+        job, owner, key, lambda job_id: str(request.url_for("read_job", job_id=job_id))
+    )
     await store.create(record)
     try:
         await run_in_threadpool(dispatch.send, celery, record, settings)
@@ -251,6 +246,19 @@ async def _answer(
     if public.status.finished:
         response.status_code = 200
     return public
+
+
+async def _webhook_problems(url: str, settings: ApiSettings) -> list[dict[str, Any]]:
+    """The webhook can be signed, and goes where this deployment lets it."""
+    problem = None
+    if settings.webhook_key is None:
+        problem = "this deployment sends no webhooks (LLM_TASKS_WEBHOOK_SECRET is not set)"
+    else:
+        try:
+            await resolve(url, allow_private=settings.webhook_allow_private_networks)
+        except TargetRefused as refused:
+            problem = str(refused)
+    return [{"loc": ["body", "webhook"], "msg": problem, "type": "webhook"}] if problem else []
 
 
 def _model_problems(job: Any, settings: ApiSettings) -> list[dict[str, Any]]:
@@ -358,8 +366,8 @@ async def cancel_job(
     status = _public(request, job).status
     if status.finished:
         raise JobFinished(job_id, status.value)
-    await store.cancel(job.record, job.started_at)
-    await run_in_threadpool(dispatch.revoke, celery, job.record, job.metas)
+    ended = await store.cancel(job.record, job.started_at)
+    await run_in_threadpool(dispatch.revoke, celery, job.record, job.metas, ended=ended)
     logger.info("job %s canceled", job_id, extra={"job_id": job_id, "owner": owner})
     return _public(request, await store.get(job_id, owner))
 

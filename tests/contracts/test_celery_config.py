@@ -16,7 +16,7 @@ def test_json_only_on_both_sides():
 def test_every_queue_is_declared_and_typos_fail():
     conf = celery_config(settings())
     declared = {queue.name for queue in conf["task_queues"]}
-    assert declared == {"generate", "summarize", "classify", "default"}
+    assert declared == {"generate", "summarize", "classify", "default", "webhooks"}
     assert conf["task_create_missing_queues"] is False
     assert conf["task_routes"][TaskName.GENERATE.value] == {"queue": QueueName.GENERATE.value}
     assert set(TASK_QUEUES) == set(TaskName)

@@ -7,7 +7,6 @@ import httpx
 import pytest
 
 from contracts.names import JobKind
-
 from tests.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.e2e
