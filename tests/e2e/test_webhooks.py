@@ -73,6 +73,7 @@ def test_start_and_output_arrive_only_when_asked(client: httpx.Client, receiver:
             "webhook_events_filter": ["start", "output", "completed"],
         },
     )
+
     def ended(got: list) -> bool:
         last_output = [d for d in got if d.event == "output" and d.job["status"] == "succeeded"]
         return any(d.event == "completed" for d in got) and bool(last_output)
