@@ -1,6 +1,7 @@
 """``make bench``: run the benchmarks, write bench/results/*.json.
 
-``python -m bench [NAME ...]`` runs only the named ones (startup, kinds, events, stall, throughput);
+``python -m bench [NAME ...]`` runs only the named ones (startup, kinds, events, stall, webhooks,
+throughput);
 ``--full`` runs the long versions (meant for a GPU machine).
 """
 
@@ -8,13 +9,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import events, kinds, stall, startup, throughput
+from bench import events, kinds, stall, startup, throughput, webhooks
 
 BENCHMARKS: dict[str, Callable[[], Any]] = {
     "startup": startup.main,
     "kinds": kinds.main,
     "events": events.main,
     "stall": stall.main,
+    "webhooks": webhooks.main,
     "throughput": throughput.main,
 }
 

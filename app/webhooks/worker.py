@@ -54,6 +54,9 @@ app.conf.update(
     worker_pool="threads",
     worker_concurrency=settings.webhook_concurrency,
     task_queues=[queue for queue in app.conf.task_queues if queue.name == QueueName.WEBHOOKS],
+    # Remote control on an exchange of its own: the API's readiness ping counts the workers
+    # that run jobs, not this one (``celery -A app.webhooks.worker inspect ping`` reaches it).
+    control_exchange="llm_tasks_webhooks",
 )
 
 USER_AGENT = "llm-tasks-webhooks/0.1"

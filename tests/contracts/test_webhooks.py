@@ -6,9 +6,19 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+import redis
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from contracts.webhooks import InvalidSignature, secret_key, signed_headers, verify
+from contracts.webhooks import (
+    OUTPUT_SEQUENCE_FIELD,
+    OUTPUT_SLOT,
+    InvalidSignature,
+    deliveries_key,
+    output_slot_key,
+    secret_key,
+    signed_headers,
+    verify,
+)
 from llm_tasks import verify_webhook
 
 SECRET = "whsec_" + base64.b64encode(b"a key of thirty-two bytes, ok..!").decode()
@@ -62,3 +72,21 @@ def test_the_client_helper_returns_the_job_it_verified():
     assert verified.id == "42" and verified.status == "succeeded"
     with pytest.raises(InvalidSignature):
         verify_webhook(body, headers, "whsec_" + base64.b64encode(b"x" * 32).decode())
+
+
+def test_output_deliveries_are_one_per_slot_and_the_last_comes_after_the_waiting_one(
+    redis_url: str,
+):
+    client = redis.Redis.from_url(redis_url)
+    slot, deliveries = output_slot_key("job-1"), deliveries_key("job-1")
+
+    def claim(last: bool = False) -> list[int] | None:
+        flag = "1" if last else "0"
+        return client.eval(OUTPUT_SLOT, 2, slot, deliveries, 500, flag, OUTPUT_SEQUENCE_FIELD, 60)
+
+    assert claim(last=True) is None, "a job without output deliveries gets none at its end"
+    assert claim() == [1, 500]  # goes out in 500 ms, with the text as it is then
+    assert claim() is None  # an output within that slot is covered by it
+    sequence, delay = claim(last=True)
+    assert sequence == 2 and 500 < delay <= 1000  # one interval after the waiting one
+    client.close()

@@ -97,8 +97,16 @@ def test_flower_sees_task_events_and_the_service_s_queues(compose: dict):
     assert flower["environment"]["LLM_TASKS_REDIS_URL"] == worker_env["LLM_TASKS_REDIS_URL"]
 
 
-def test_compose_has_the_four_services(compose: dict):
-    assert set(compose["services"]) == {"redis", "api", "worker", "flower"}
+def test_the_webhooks_worker_signs_with_the_api_s_secret(compose: dict):
+    webhooks, api = compose["services"]["webhooks"], compose["services"]["api"]
+    assert " ".join(webhooks["command"]).startswith("celery -A app.webhooks.worker worker")
+    assert webhooks["build"]["dockerfile"] == "Dockerfile.api"  # no torch
+    for name in ("LLM_TASKS_WEBHOOK_SECRET", "LLM_TASKS_REDIS_URL"):
+        assert webhooks["environment"][name] == api["environment"][name]
+
+
+def test_compose_has_the_five_services(compose: dict):
+    assert set(compose["services"]) == {"redis", "api", "worker", "webhooks", "flower"}
     redis_command = " ".join(compose["services"]["redis"]["command"])
     assert "--maxmemory-policy noeviction" in redis_command
     assert "--appendonly yes" in redis_command

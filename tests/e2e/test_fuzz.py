@@ -30,8 +30,13 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 def keyed_api(stack_env: dict[str, str], log_dir: Path, worker) -> Iterator[str]:
     """The API with a key, so that the fuzzer also checks that requests without it fail;
     generated `Prefer: wait=N` headers wait a second at most (tests/e2e/test_submit.py
-    checks the waiting itself)."""
-    env = stack_env | {"LLM_TASKS_API_KEYS": KEY, "LLM_TASKS_MAX_WAIT_SECONDS": "1"}
+    checks the waiting itself), and no webhooks (generated URLs would send it resolving
+    made-up names; tests/e2e/test_webhooks.py checks webhooks)."""
+    env = stack_env | {
+        "LLM_TASKS_API_KEYS": KEY,
+        "LLM_TASKS_MAX_WAIT_SECONDS": "1",
+        "LLM_TASKS_WEBHOOK_SECRET": "",
+    }
     with another_api(env, log_dir) as url:
         yield url
 

@@ -109,7 +109,8 @@ def non_decreasing(values: list[int]) -> bool:
 
 
 def test_a_job_longer_than_the_visibility_timeout_starts_once(stack: Stack, client: httpx.Client):
-    # 4 chunks of 80 tokens at 0.1 s a token: over 30 s, three visibility timeouts.
+    # 4 chunks of 80 tokens at 0.1 s a token while the prompt is in the model's window
+    # (the last chunk's window has lost it, and runs fast): over two visibility timeouts.
     body = {"prompt": "SLOW: A long tale", "chunks": 4, "chunk_tokens": 80, "seed": 3}
     job = client.post("/v1/jobs", json={"kind": "long_text", "input": body}).json()
     streamed: list[Event] = []
@@ -124,7 +125,7 @@ def test_a_job_longer_than_the_visibility_timeout_starts_once(stack: Stack, clie
     reader.join(30)
 
     assert now["status"] == "succeeded", now
-    assert elapsed > 3 * VISIBILITY_TIMEOUT
+    assert elapsed > 2 * VISIBILITY_TIMEOUT
     assert now["attempts"] == 1
     assert stack.starts(stack.task_id(job["id"])) == 1
     assert non_decreasing(seen) and seen[-1] >= 3

@@ -124,6 +124,9 @@ def test_a_receiver_that_never_answers_blocks_nothing(client: httpx.Client, rece
     assert wait_for_job(client, plain["id"])["status"] == "succeeded"
     assert not receiver.released.is_set(), "all of it while the stuck delivery still hangs"
     assert wait_for_job(client, job["id"])["status"] == "succeeded"
+    # Readiness is about the workers that run jobs: the webhooks worker is not one.
+    workers = client.get("/readyz").json()["workers"]
+    assert workers and not any(name.startswith("webhooks-") for name in workers)
 
 
 def test_a_redirect_is_not_followed_and_a_delivery_is_given_up_after_its_window(
