@@ -16,9 +16,11 @@ retry window closes. An output delivery that a later one overtook is dropped, no
 """
 
 import asyncio
+import functools
 import json
 import logging
 import random
+import ssl
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -103,6 +105,7 @@ class _Thread:
         self.results = self.redis if results == settings.redis_url else connect(results, settings)
         self.store = JobStore(self.redis, self.results, settings.result_expires)
         self.http = httpx.AsyncClient(
+            verify=_tls(),
             timeout=settings.webhook_timeout,
             follow_redirects=False,
             headers={"user-agent": USER_AGENT, "content-type": "application/json"},
@@ -110,6 +113,12 @@ class _Thread:
 
 
 _threads = threading.local()
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every thread's client (loading the CA bundle takes a while)."""
+    return httpx.create_ssl_context()
 
 
 def _this_thread() -> _Thread:
