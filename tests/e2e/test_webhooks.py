@@ -1,6 +1,7 @@
 """Webhooks on the real stack: the webhooks worker signs and POSTs each job event to a
 receiver on 127.0.0.1 that verifies it with the ``standardwebhooks`` library."""
 
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,9 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llm_tasks import Client, JobStatus, verify_webhook
 from tests.conftest import TEST_WEBHOOK_SECRET, another_api, wait_for, wait_for_job
+from tests.e2e.test_cli import readme_blocks
 from tests.support.receiver import Receiver, webhook_receiver
-from tools.stack import Process
+from tools.stack import Process, clean_env, free_port, http_ok, spawn, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -193,3 +196,47 @@ def test_webhook_targets_are_checked(
         assert "loopback" in problem(
             other.post("/v1/jobs", json=sentiment | {"webhook": "http://localhost:8000/"})
         )
+
+
+def test_the_readme_receiver_verifies_a_delivery_and_refuses_a_forgery(
+    client: httpx.Client, webhooks_worker: Process, log_dir: Path, tmp_path: Path
+):
+    (code,) = readme_blocks("Use it with curl", "python")
+    (tmp_path / "readme_receiver.py").write_text(
+        code.replace('"whsec_…"', repr(TEST_WEBHOOK_SECRET))
+    )
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "readme_receiver:app", "--port", str(port)]
+    server = spawn("readme-receiver", [*argv, "--app-dir", str(tmp_path)], clean_env(), log_dir)
+    try:
+        url = f"http://127.0.0.1:{port}/hooks/llm-tasks"
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/docs"), 30, server)
+        job = submit(client, {"kind": "sentiment", "input": {"text": "Nice"}, "webhook": url})
+        wait_until(lambda: f"completed {job['id']} succeeded" in server.tail(), 60, server)
+        forged = httpx.post(
+            url,
+            content=b"{}",
+            headers={"webhook-id": "x", "webhook-timestamp": "1", "webhook-signature": "v1,AA=="},
+        )
+        assert forged.status_code == 400
+    finally:
+        server.stop()
+
+
+def test_the_client_asks_for_webhooks_and_verifies_them(api_url: str, receiver: Receiver):
+    where = path("ok")
+    with Client(api_url) as llm:
+        job = llm.submit(
+            "sentiment",
+            {"text": "Lovely"},
+            webhook=receiver.url(where),
+            webhook_events_filter=("start", "completed"),
+        )
+        assert job.webhook == receiver.url(where)
+        assert job.webhook_events_filter == ["start", "completed"]
+        got = receiver.wait_for(where, lambda got: len(got) == 2)
+        # A quick job's two deliveries may overtake each other: each says what it is.
+        verified = {d.event: verify_webhook(d.body, d.headers, TEST_WEBHOOK_SECRET) for d in got}
+        assert set(verified) == {"start", "completed"}
+        assert verified["completed"].status is JobStatus.SUCCEEDED
+        assert verified["completed"].output == llm.get(job.id).output
