@@ -50,9 +50,14 @@ class JobOptions(BaseModel):
         ge=0,
         le=PRIORITY_LEVELS - 1,
         description="0 (least urgent) to 9 (most urgent).",
+        examples=[9],
     )
     delay_seconds: Annotated[int, Bound("delay_limit")] = Field(
-        default=0, ge=0, le=SECONDS_CEILING, description="Start no sooner than this."
+        default=0,
+        ge=0,
+        le=SECONDS_CEILING,
+        description="Start no sooner than this.",
+        examples=[30],
     )
     cancel_after: Annotated[int | None, Bound("result_expires")] = Field(
         default=None,
@@ -61,6 +66,7 @@ class JobOptions(BaseModel):
         description="A deadline, in seconds from submission: a job not finished by then is "
         "canceled wherever it is (error type `deadline`) — a queued step never starts, a "
         "running generation stops at its next token.",
+        examples=[120],
     )
     model: str | None = Field(
         default=None,
@@ -68,6 +74,7 @@ class JobOptions(BaseModel):
         max_length=100,
         description="A declared model's name (GET /v1/models) for the kind's steps of its "
         "role; the others, and every step when unset, use their role's default.",
+        examples=["generator"],
     )
     expires_in: Annotated[int | None, Bound("result_expires")] = Field(
         default=None,
@@ -75,6 +82,7 @@ class JobOptions(BaseModel):
         le=SECONDS_CEILING,
         description="Give up if not started within this many seconds (at most as long as "
         "the job is kept).",
+        examples=[600],
     )
     webhook: str | None = Field(
         default=None,

@@ -9,6 +9,7 @@ from datetime import datetime
 import httpx
 import pytest
 
+from contracts.jobs import JobOptions
 from tests.conftest import TEST_MAX_NEW_TOKENS, wait_for_job
 from tools.stack import ROOT
 
@@ -152,6 +153,10 @@ def test_docs_show_the_generate_schema_with_an_example(client: httpx.Client):
     body = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
     assert "generate" in body["examples"]
     assert "GenerateInput" in spec["components"]["schemas"]
+    # Every job option, with an example of its own.
+    options = spec["components"]["schemas"]["GenerateJob"]["properties"]
+    for name in JobOptions.model_fields:
+        assert options[name].get("examples"), f"{name} has no example in /docs"
 
 
 def test_tasks_are_plain_celery_tasks_from_a_python_shell(stack_env: dict[str, str], worker):
