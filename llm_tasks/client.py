@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
@@ -144,6 +144,19 @@ def _submit_options(key: str | None, wait: int | None, timeout: float) -> dict[s
     if wait is not None:
         options["timeout"] = timeout + wait
     return options
+
+
+class JobOptionArgs(TypedDict, total=False):
+    """The job options ``submit`` takes (the API's names; see ``JobOptions``; None: the
+    API's default)."""
+
+    priority: int | None
+    delay_seconds: int | None
+    expires_in: int | None
+    model: str | None
+    cancel_after: int | None
+    webhook: str | None
+    webhook_events_filter: Sequence[str] | None
 
 
 def _job_body(kind: str, job_input: Input, **options: Any) -> dict[str, Any]:
@@ -323,15 +336,9 @@ class Client(_Options):
         kind: str,
         input: Input,
         *,
-        priority: int | None = None,
-        delay_seconds: int | None = None,
-        expires_in: int | None = None,
-        model: str | None = None,
-        cancel_after: int | None = None,
-        webhook: str | None = None,
-        webhook_events_filter: Sequence[str] | None = None,
         idempotency_key: str | None = None,
         wait: int | None = None,
+        **options: Unpack[JobOptionArgs],
     ) -> JobPublic:
         """Submit a job; returns it at once (``queued``). ``model``: a declared model's
         name (``models()``); unset, the kind's steps use their role's default.
@@ -341,19 +348,9 @@ class Client(_Options):
         ``completed``) — check each with :func:`verify_webhook`.
         ``idempotency_key``: submitting again with it (a retry) gets the same job.
         ``wait``: return the finished job if it ends within that many seconds."""
-        body = _job_body(
-            kind,
-            input,
-            priority=priority,
-            delay_seconds=delay_seconds,
-            expires_in=expires_in,
-            model=model,
-            cancel_after=cancel_after,
-            webhook=webhook,
-            webhook_events_filter=webhook_events_filter,
-        )
-        options = _submit_options(idempotency_key, wait, self.timeout)
-        response = self._request("POST", "/v1/jobs", json=body, **options)
+        body = _job_body(kind, input, **options)
+        request = _submit_options(idempotency_key, wait, self.timeout)
+        response = self._request("POST", "/v1/jobs", json=body, **request)
         return JobPublic.model_validate_json(response.content)
 
     def get(self, job_id: str) -> JobPublic:
@@ -459,29 +456,13 @@ class AsyncClient(_Options):
         kind: str,
         input: Input,
         *,
-        priority: int | None = None,
-        delay_seconds: int | None = None,
-        expires_in: int | None = None,
-        model: str | None = None,
-        cancel_after: int | None = None,
-        webhook: str | None = None,
-        webhook_events_filter: Sequence[str] | None = None,
         idempotency_key: str | None = None,
         wait: int | None = None,
+        **options: Unpack[JobOptionArgs],
     ) -> JobPublic:
-        body = _job_body(
-            kind,
-            input,
-            priority=priority,
-            delay_seconds=delay_seconds,
-            expires_in=expires_in,
-            model=model,
-            cancel_after=cancel_after,
-            webhook=webhook,
-            webhook_events_filter=webhook_events_filter,
-        )
-        options = _submit_options(idempotency_key, wait, self.timeout)
-        response = await self._request("POST", "/v1/jobs", json=body, **options)
+        body = _job_body(kind, input, **options)
+        request = _submit_options(idempotency_key, wait, self.timeout)
+        response = await self._request("POST", "/v1/jobs", json=body, **request)
         return JobPublic.model_validate_json(response.content)
 
     async def get(self, job_id: str) -> JobPublic:
