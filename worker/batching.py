@@ -302,10 +302,8 @@ TRIM_AT_LEAST = 8
 #: Steps arrivals wait at most before they join a running decode loop.
 JOIN_AFTER_STEPS = 4
 
-#: Candidates for nucleus sampling, tried in turn: topk is much cheaper than sorting the
-#: whole vocabulary, and most rows' nucleus fits in a few dozen tokens. A row whose
-#: nucleus does not fit goes on to the next size (the last is the whole vocabulary).
-NUCLEUS_CANDIDATES = (64, 512)
+#: Draws a sampled row gets before its nucleus is found by sorting (see :func:`_sample`).
+NUCLEUS_DRAWS = 8
 
 
 def _sample(
@@ -315,50 +313,66 @@ def _sample(
     generators: list[torch.Generator],
 ) -> torch.Tensor:
     """Next token per row: greedy where the temperature is 0, else nucleus sampling with
-    the row's own temperature, top-p and random generator (one uniform draw per row)."""
-    tokens = logits.argmax(dim=-1)
-    sampled = (temperatures > 0).nonzero().flatten()
+    the row's own temperature, top-p and random generator.
+
+    Nucleus sampling without sorting the vocabulary: a row draws a token from its whole
+    distribution (one uniform draw, inverse CDF in vocabulary order) and keeps it if it is
+    in the nucleus — the probability of the tokens likelier than it is at most top-p —
+    else draws again. What is kept is distributed exactly as the nucleus, renormalized;
+    a draw is kept with the nucleus' probability (at least top-p), so most rows need one
+    draw, and a row that needs more than ``NUCLEUS_DRAWS`` gets its nucleus by sorting.
+    Each pass is a few linear scans of the vocabulary, where sorting it (which a flat
+    distribution, with a nucleus of thousands of tokens, needs) costs many times more.
+    """
+    greedy = temperatures <= 0
+    sampled = (~greedy).nonzero().flatten()
     if sampled.numel() == 0:
-        return tokens
-    scaled = logits[sampled] / temperatures[sampled, None]
-    nucleus = top_ps[sampled, None]
-    total = scaled.logsumexp(dim=-1, keepdim=True)
-    draws = torch.stack(
-        [
-            torch.rand((), generator=generators[row], device=logits.device)
-            for row in sampled.tolist()
-        ]
-    )[:, None]
+        return logits.argmax(dim=-1)
+    tokens = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+    if bool(greedy.any()):
+        tokens[greedy] = logits[greedy].argmax(dim=-1)
+    probs = torch.softmax(logits[sampled] / temperatures[sampled, None], dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    nucleus = top_ps[sampled]
+    rows = sampled.tolist()
     picked = torch.empty_like(sampled)
-    left = torch.arange(len(sampled), device=logits.device)  # rows not picked yet
-    vocabulary = scaled.shape[-1]
-    for size in (*(k for k in NUCLEUS_CANDIDATES if k < vocabulary), vocabulary):
-        tokens_of, fits = _nucleus(scaled[left], total[left], nucleus[left], draws[left], size)
-        if size == vocabulary:
-            fits = torch.ones_like(fits)
-        picked[left[fits]] = tokens_of[fits]
-        left = left[~fits]
+    left = torch.arange(len(rows), device=logits.device)  # rows not picked yet
+    for _ in range(NUCLEUS_DRAWS):
+        draws = _draws(generators, [rows[i] for i in left.tolist()], logits.device)
+        cdf_left = cdf[left]
+        targets = (draws * cdf_left[:, -1])[:, None]
+        candidates = torch.searchsorted(cdf_left, targets).clamp(max=cdf.shape[-1] - 1)
+        probs_left = probs[left]
+        chance = probs_left.gather(-1, candidates)
+        likelier = torch.where(probs_left > chance, probs_left, 0.0).sum(dim=-1)
+        inside = likelier <= nucleus[left]
+        picked[left[inside]] = candidates.squeeze(-1)[inside]
+        left = left[~inside]
         if left.numel() == 0:
             break
+    else:
+        draws = _draws(generators, [rows[i] for i in left.tolist()], logits.device)
+        picked[left] = _nucleus_by_sorting(probs[left], nucleus[left], draws)
     tokens[sampled] = picked
     return tokens
 
 
-def _nucleus(
-    scaled: torch.Tensor, total: torch.Tensor, nucleus: torch.Tensor, draws: torch.Tensor, size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's pick among its ``size`` likeliest tokens, and whether its nucleus fits in
-    them (the pick is right only then)."""
-    if size < scaled.shape[-1]:
-        top, order = scaled.topk(size, dim=-1)
-    else:
-        top, order = scaled.sort(dim=-1, descending=True)
-    probs = (top - total).exp()  # each candidate's probability over the whole vocabulary
-    outside = probs.cumsum(dim=-1) - probs > nucleus  # the first token always stays
-    cdf = probs.masked_fill(outside, 0.0).cumsum(dim=-1)
-    choice = torch.searchsorted(cdf, (draws * cdf[:, -1:]).contiguous()).clamp(max=size - 1)
-    fits = probs.sum(dim=-1) >= nucleus.squeeze(-1)
-    return order.gather(-1, choice).squeeze(-1), fits
+def _draws(
+    generators: list[torch.Generator], rows: list[int], device: torch.device
+) -> torch.Tensor:
+    """One uniform draw for each of ``rows``, from the row's own generator."""
+    return torch.stack([torch.rand((), generator=generators[row], device=device) for row in rows])
+
+
+def _nucleus_by_sorting(
+    probs: torch.Tensor, nucleus: torch.Tensor, draws: torch.Tensor
+) -> torch.Tensor:
+    """Each row's pick within its nucleus, found by sorting its distribution."""
+    top, order = probs.sort(dim=-1, descending=True)
+    outside = top.cumsum(dim=-1) - top > nucleus[:, None]  # the first token always stays
+    cdf = top.masked_fill(outside, 0.0).cumsum(dim=-1)
+    choice = torch.searchsorted(cdf, (draws[:, None] * cdf[:, -1:]).contiguous())
+    return order.gather(-1, choice.clamp(max=probs.shape[-1] - 1)).squeeze(-1)
 
 
 class _Rows:
