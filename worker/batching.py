@@ -45,7 +45,7 @@ from contracts.metrics import BATCH_SIZE, BUSY_SECONDS, TOKENS
 from worker.config import get_settings
 from worker.kv_cache import GrowingCache, attention_layers
 from worker.metrics import tally
-from worker.models import LoadedModel, ModelRole
+from worker.models import LARGE_MODEL_PARAMETERS, LoadedModel, ModelRole
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +121,6 @@ class DeviceLoop:
 
 #: Torch's own choice of threads (read on import, before anything changes it).
 TORCH_THREADS = torch.get_num_threads()
-
-#: From this many parameters on, a model's passes outweigh the worker's Celery work so far
-#: that torch gets every core (see :func:`intra_op_threads`).
-LARGE_MODEL_PARAMETERS = 10_000_000
 
 
 def intra_op_threads(parameters: int = 0) -> int:

@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -10,6 +11,12 @@ from contracts.settings import CommonSettings
 
 class WorkerSettings(CommonSettings):
     device: str = Field(default="auto", description="`auto`, `cpu` or `cuda:N`.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="The models' precision. `auto`: on a GPU bfloat16 (float16 where it "
+        "lacks it); on a CPU bfloat16 for models of 10 M parameters or more when the CPU "
+        "computes in it natively (AMX or AVX512-BF16), else float32.",
+    )
     batch_max_size: int = Field(
         default=32, ge=1, description="Most requests in one forward pass; 1 turns batching off."
     )

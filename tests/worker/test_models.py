@@ -8,7 +8,14 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, DistilBertModel
 
 from worker.config import WorkerSettings
-from worker.models import ModelRefused, ModelRegistry, ModelRole, resolve_device
+from worker.models import (
+    ModelRefused,
+    ModelRegistry,
+    ModelRole,
+    cpu_computes_bfloat16,
+    cpu_dtype,
+    resolve_device,
+)
 
 
 def registry(cache_dir: Path, **overrides: str) -> ModelRegistry:
@@ -128,3 +135,15 @@ def test_a_folder_that_does_not_exist_is_refused(cache_dir: Path, tmp_path: Path
     missing = str(tmp_path / "nowhere")
     message = refusal(registry(cache_dir, generator_model=missing), ModelRole.GENERATOR)
     assert message.startswith(f"LLM_TASKS_GENERATOR_MODEL={missing}: no such folder; expected")
+
+
+def test_a_cpu_runs_large_models_in_bfloat16_where_it_computes_in_it(cache_dir: Path):
+    assert cpu_dtype("auto", 1_000_000) is torch.float32  # small: nothing to gain
+    assert cpu_dtype("float32", 10**9) is torch.float32
+    assert cpu_dtype("bfloat16", 10) is torch.bfloat16
+    native = torch.bfloat16 if cpu_computes_bfloat16() else torch.float32
+    assert cpu_dtype("auto", 124_000_000) is native
+    tiny = registry(cache_dir).get(ModelRole.GENERATOR)
+    assert next(tiny.model.parameters()).dtype is torch.float32
+    halved = registry(cache_dir, dtype="bfloat16").get(ModelRole.GENERATOR)
+    assert next(halved.model.parameters()).dtype is torch.bfloat16
