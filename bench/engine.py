@@ -27,8 +27,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from bench.models import gpt2_124m_shaped
 from bench.report import RESULTS, machine, save
-from bench.throughput import gpt2_124m_shaped, option
+from bench.throughput import option
 
 PEERS_PYTHON = Path(".venv-peers/bin/python")
 ROUNDS = 3

@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from bench.models import copy_bandwidth, gpt2_124m_shaped
 from bench.report import RESULTS, machine, percentiles, save
 from contracts.celery_config import create_celery_app
 from contracts.names import TaskName
@@ -354,60 +355,17 @@ def chart(report: dict[str, Any], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def gpt2_124m_shaped() -> Path:
-    """GPT-2 124M's shape (12 layers, 768 wide, 12 heads, 50257 tokens) with random
-    weights and the tiny tokenizer, saved once as a model folder: for speed only."""
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    from worker.config import WorkerSettings
-    from worker.tiny import ensure_tiny_models
-
-    cache = WorkerSettings().model_cache_dir
-    path = cache / "gpt2-124m-shaped"
-    if not (path / "config.json").exists():
-        tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_models(cache) / "generator")
-        torch.manual_seed(0)
-        config = GPT2Config(
-            vocab_size=50257,
-            n_positions=1024,
-            n_embd=768,
-            n_layer=12,
-            n_head=12,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        GPT2LMHeadModel(config).save_pretrained(path)
-        tokenizer.save_pretrained(path)
-    return path
-
-
 def memory_bound() -> dict[str, Any]:
     """The generator's weight bytes and its device's memory bandwidth (a timed copy)."""
-    import torch
-
     from worker.models import ModelRole, get_registry
 
     loaded = get_registry().get(ModelRole.GENERATOR)
     weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-    source = torch.empty(256 * 2**20, dtype=torch.uint8, device=loaded.device)
-    target = torch.empty_like(source)
-    target.copy_(source)
-    rounds = 20
-    if loaded.device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(rounds):
-        target.copy_(source)
-    if loaded.device.type == "cuda":
-        torch.cuda.synchronize()
-    moved = 2 * source.numel() * rounds  # each copy reads and writes every byte
     return {
         "weights_bytes": float(weights),
         "dtype": str(next(loaded.model.parameters()).dtype),
         "device": str(loaded.device),
-        "bandwidth_bytes_per_s": moved / (time.perf_counter() - started),
+        "bandwidth_bytes_per_s": copy_bandwidth(loaded.device),
     }
 
 

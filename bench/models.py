@@ -1,0 +1,52 @@
+"""Model folders and device figures the benchmarks share; imports neither Celery nor
+HTTP clients, so that the GPU run (``bench/gpu.py``) needs little beside torch."""
+
+import time
+from pathlib import Path
+
+import torch
+
+
+def gpt2_124m_shaped() -> Path:
+    """GPT-2 124M's shape (12 layers, 768 wide, 12 heads, 50257 tokens) with random
+    weights and the tiny tokenizer, saved once as a model folder: for speed only."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from worker.config import WorkerSettings
+    from worker.tiny import ensure_tiny_models
+
+    cache = WorkerSettings().model_cache_dir
+    path = cache / "gpt2-124m-shaped"
+    if not (path / "config.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_models(cache) / "generator")
+        torch.manual_seed(0)
+        config = GPT2Config(
+            vocab_size=50257,
+            n_positions=1024,
+            n_embd=768,
+            n_layer=12,
+            n_head=12,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        GPT2LMHeadModel(config).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return path
+
+
+def copy_bandwidth(device: torch.device, megabytes: int = 256, rounds: int = 20) -> float:
+    """Bytes a second a large copy moves on ``device``, counting what it reads and what it
+    writes: a decode step reads every weight once, so B rows cannot go faster than
+    B x this / the weights' bytes tokens a second."""
+    source = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(rounds):
+        target.copy_(source)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * source.numel() * rounds / (time.perf_counter() - started)
