@@ -60,6 +60,7 @@ from contracts.webhooks import (
     output_slot_key,
     parse_events,
 )
+from worker.celery_app import app as celery_app
 from worker.config import get_settings
 from worker.errors import Canceled, InvalidInput, TransientError
 from worker.leases import (
@@ -582,10 +583,8 @@ def stamp_first_token(job_id: str, at: datetime) -> None:
 def send_webhook(job_id: str, event: WebhookEvent, **options: Any) -> None:
     """Hand a delivery to the webhooks worker; a broker error loses this event's webhook,
     never the step."""
-    from worker.celery_app import app
-
     try:
-        enqueue(app, job_id, event, **options)
+        enqueue(celery_app, job_id, event, **options)
     except Exception:
         logger.exception("job %s: its %s webhook could not be enqueued", job_id, event.value)
 
