@@ -128,7 +128,8 @@ def test_a_job_longer_than_the_visibility_timeout_starts_once(stack: Stack, clie
     assert elapsed > 2 * VISIBILITY_TIMEOUT
     assert now["attempts"] == 1
     assert stack.starts(stack.task_id(job["id"])) == 1
-    assert non_decreasing(seen) and seen[-1] >= 3
+    # Seen advancing through the slow chunks (the last one may pass between two polls).
+    assert non_decreasing(seen) and seen[-1] >= 2
     progress = [e.data["current"] for e in streamed if e.event == "progress"]
     assert non_decreasing(progress) and progress
     assert text_of(streamed) == now["output"]["text"]
