@@ -54,7 +54,7 @@ test-latest:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy app contracts worker tools bench llm_tasks
+	$(VENV)/bin/mypy app contracts worker tiny_models tools bench llm_tasks
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)

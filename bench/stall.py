@@ -2,7 +2,7 @@
 
 Both models share the device's inference thread (the worker's inference process runs
 them the same way). A generation of 100 tokens streams alone, then again while a summary
-of 200 tokens runs; the summary takes a turn per token (``worker.batching.
+of 200 tokens runs; the summary takes a turn per token (``worker.summarizer.
 summarize_steps``), so the generation keeps its pace. Runs of each, alternating; the
 largest and the median gap between a generation's tokens, and its total time.
 """
@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench.report import machine, save
-from worker import inference
+from tiny_models import corpus_paragraphs, ensure_tiny_models
+from worker import engine_client
 from worker.config import WorkerSettings, get_settings
-from worker.inference import Served
+from worker.engine_client import Served
 from worker.models import ModelRegistry, ModelRole
-from worker.tiny import corpus_paragraphs, ensure_tiny_models
 
 GENERATION_TOKENS = 100
 SUMMARY_TOKENS = 200
@@ -27,7 +27,7 @@ ROUNDS = 3
 def _generation(generator: Served, seed: int) -> dict[str, float]:
     stamps: list[float] = []
     started = time.perf_counter()
-    inference.generate_text(
+    engine_client.generate_text(
         generator,
         prompt="Once upon a time",
         max_new_tokens=GENERATION_TOKENS,
@@ -52,7 +52,7 @@ def main() -> dict[str, Any]:
     summarizer = Served.here(registry.get(ModelRole.SUMMARIZER))
     text = " ".join(corpus_paragraphs()[:6])
     _generation(generator, 0)  # warm up both
-    inference.summarize(summarizer, text=text, min_new_tokens=5, max_new_tokens=10)
+    engine_client.summarize(summarizer, text=text, min_new_tokens=5, max_new_tokens=10)
 
     alone: list[dict[str, float]] = []
     beside: list[dict[str, float]] = []
@@ -62,7 +62,7 @@ def main() -> dict[str, Any]:
             alone.append(_generation(generator, round_))
             started = time.perf_counter()
             summary = pool.submit(
-                inference.summarize, summarizer, text=text,
+                engine_client.summarize, summarizer, text=text,
                 min_new_tokens=SUMMARY_TOKENS, max_new_tokens=SUMMARY_TOKENS,
             )  # fmt: skip
             time.sleep(0.05)  # the summary is under way

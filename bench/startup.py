@@ -36,7 +36,7 @@ def api_import_seconds(runs: int = 5) -> dict[str, float]:
 
 def tiny_models(cache_dir: Path) -> dict[str, object]:
     env = {**os.environ, "LLM_TASKS_MODEL_CACHE_DIR": str(cache_dir)}
-    build = _python("-m", "worker.tiny", env=env)
+    build = _python("-m", "tiny_models", env=env)
     build_seconds = json.loads(build.splitlines()[-1])["build_seconds"]
     loads = json.loads(_python("-m", "worker.models", env=env))
     return {

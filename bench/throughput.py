@@ -152,7 +152,9 @@ def in_process_rate(
     default, every core)."""
     import torch
 
-    from worker.batching import DecodeRow, Pending, classify_batch, decode_batch
+    from worker.classifier import classify_batch
+    from worker.decode_loop import DecodeRow, decode_batch
+    from worker.device_loop import Pending
     from worker.models import ModelRole, get_registry
 
     registry = get_registry()
@@ -185,7 +187,7 @@ def in_process_rate(
 def worker_threads() -> int:
     """The torch threads of the worker's inference loop (0: torch's default): its
     largest model picks them."""
-    from worker.batching import intra_op_threads
+    from worker.device_loop import intra_op_threads
     from worker.models import ModelRole, get_registry
 
     registry = get_registry()

@@ -95,6 +95,9 @@ class Channel(kombu_redis.Channel):
         super().__init__(connection, *args, **kwargs)
         connection.open_channels.add(self)
 
+    # Undocumented override: kombu 5.7's Channel.conn_or_acquire builds a client with the
+    # private _create_client for every command (see the module's docstring); one shared
+    # client instead. Shape checked by tests/contracts/test_upstream_overrides.py.
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
         if client:

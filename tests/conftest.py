@@ -49,8 +49,8 @@ def log_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_models_dir() -> Path:
     """The tiny models, built once per machine (a file lock guards concurrent builds)."""
+    from tiny_models import ensure_tiny_models
     from worker.config import get_settings
-    from worker.tiny import ensure_tiny_models
 
     return ensure_tiny_models(get_settings().model_cache_dir)
 

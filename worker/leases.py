@@ -9,7 +9,7 @@ steps and deliver tokens read those answers in memory and never wait on Redis fo
 a hung Redis delays the next renewal, not a token.
 
 A delivery of a step whose lease another live worker holds does not run
-(:class:`worker.jobs.JobTask` defers it). When the holder dies, nothing renews its lease:
+(:class:`worker.job_task.JobTask` defers it). When the holder dies, nothing renews its lease:
 it lapses within its TTL and the next delivery runs the step. A holder that finds its
 lease taken by someone else (it could not renew it for longer than the TTL) stops its
 copy of the step without a result.

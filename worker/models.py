@@ -3,7 +3,7 @@
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,8 +24,8 @@ from transformers import (
 
 from contracts.models import DeclaredModel
 from contracts.models import ModelRole as ModelRole  # the roles, shared with the API
+from tiny_models import ensure_tiny_models
 from worker.config import WorkerSettings, get_settings
-from worker.tiny import ensure_tiny_models
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,6 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     load_seconds: float
-    #: Serializes forward passes on this model so that seeded sampling stays reproducible.
-    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @property
     def context_window(self) -> int:
@@ -123,7 +121,7 @@ def context_window(config: object, tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 #: From this many parameters on, a model is "large" on a CPU: its passes outweigh the
-#: worker's Celery work (it gets every core, see ``worker.batching.intra_op_threads``), and
+#: worker's Celery work (it gets every core, see ``worker.device_loop.intra_op_threads``), and
 #: ``LLM_TASKS_DTYPE=auto`` runs it in bfloat16 where the CPU computes in it natively.
 LARGE_MODEL_PARAMETERS = 10_000_000
 

@@ -65,6 +65,9 @@ PARENT_WAIT = 2.0
 class ResultBackend(RedisBackend):  # type: ignore[misc]
     """Celery's Redis result backend with each check-and-write in one round trip."""
 
+    # Private override: Celery's BaseKeyValueStoreBackend._store_result GETs before it SETs
+    # (the duplicate-success guard of celery 4.4.3, commit c7110470); this is the same
+    # guard in one script. Shape checked by tests/contracts/test_upstream_overrides.py.
     def _store_result(
         self,
         task_id: str,
@@ -128,6 +131,8 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
         after: str | None = None,
         attempt: int | None = None,
     ) -> str | None:
+        # Private call: Celery builds the meta document here (celery >= 4.4, #5661); the
+        # same document keeps every Celery client reading ours.
         meta = self._get_result_meta(
             result=result, state=state, traceback=traceback, request=request
         )
@@ -135,6 +140,7 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
         if attempt:
             meta["attempt"] = attempt
         value = self.encode(meta)
+        # Private constant: Redis's 512 MB string limit, as Celery's own write checks it.
         if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
             raise BackendStoreError(
                 "value too large for Redis backend", state=state, task_id=task_id

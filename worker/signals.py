@@ -24,9 +24,9 @@ from contracts.models import DeclaredModel
 from contracts.names import WORKER_REFUSALS_KEY, WORKER_REFUSALS_TTL, QueueName
 from worker.catalog import catalog
 from worker.config import get_settings
-from worker.engine import inference_process
-from worker.inference import served
-from worker.jobs import end_job, registry_redis, release_lease
+from worker.engine_client import served
+from worker.inference_process import inference_process
+from worker.job_task import end_job, registry_redis, release_lease
 from worker.metrics import start_flushing
 from worker.models import ModelRefused, get_registry
 

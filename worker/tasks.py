@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers that validate, call :mod:`worker.inference` and serialize.
+"""Celery tasks: thin wrappers that validate, call :mod:`worker.engine_client` and serialize.
 
 Every task is a plain Celery task, usable from a Python shell (``generate_text.delay(
 "Hello world")``; the README's "Celery tasks from Python" shows more).
@@ -30,11 +30,11 @@ from contracts.schemas import (
     SummarizeOutput,
     limit_violations,
 )
-from worker import chat, inference
+from worker import chat, engine_client
 from worker.celery_app import app
 from worker.config import get_settings
 from worker.errors import InvalidInput
-from worker.jobs import JobTask
+from worker.job_task import JobTask
 from worker.models import ModelRole
 from worker.stops import cut_at_stop, visible_text
 
@@ -84,7 +84,7 @@ def _generate(
     """Generate, streaming the text into the task's progress and stopping if canceled."""
     total = options["max_new_tokens"]
     stops = options.get("stop") or []
-    loaded = inference.served(ModelRole.GENERATOR, options.pop("model", None))
+    loaded = engine_client.served(ModelRole.GENERATOR, options.pop("model", None))
     progress = task.progress  # called back from the batcher's thread: bind it here
 
     def report_tokens(count: int, text: str) -> None:
@@ -96,17 +96,17 @@ def _generate(
         if tokens:
             progress.first_token()
         if progress.due():  # decode only when an update will be published
-            text = inference.stable_text(loaded.tokenizer, tokens)
+            text = engine_client.stable_text(loaded.tokenizer, tokens)
             report(len(tokens), visible_text(text, stops))
 
-    return inference.generate_text(
+    return engine_client.generate_text(
         loaded, prompt=prompt, should_stop=task.should_stop, on_tokens=stream, **options
     )
 
 
 def _sentiment(text: str, model: str | None = None) -> SentimentOutput:
-    loaded = inference.served(ModelRole.CLASSIFIER, model)
-    [result] = inference.classify(loaded, [text])
+    loaded = engine_client.served(ModelRole.CLASSIFIER, model)
+    [result] = engine_client.classify(loaded, [text])
     return SentimentOutput(label=result.label, score=result.score, model=loaded.name)
 
 
@@ -161,7 +161,7 @@ def chat_reply(
             "stop": stop or [],
         },
     )
-    loaded = inference.served(ModelRole.GENERATOR, model)
+    loaded = engine_client.served(ModelRole.GENERATOR, model)
     conversation = [message.model_dump() for message in payload.messages]
     options = payload.model_dump(exclude={"messages"})
     return _generate(
@@ -244,8 +244,8 @@ def summarize_text(
         SummarizeInput,
         {"text": text, "min_new_tokens": min_new_tokens, "max_new_tokens": max_new_tokens},
     )
-    loaded = inference.served(ModelRole.SUMMARIZER, model)
-    summary = inference.summarize(loaded, **payload.model_dump())
+    loaded = engine_client.served(ModelRole.SUMMARIZER, model)
+    summary = engine_client.summarize(loaded, **payload.model_dump())
     return SummarizeOutput(summary=summary, model=loaded.name).model_dump()
 
 
@@ -340,8 +340,8 @@ def rank_replies(
     self: JobTask, variants: list[dict[str, Any]], model: str | None = None
 ) -> dict[str, Any]:
     """Step 3 of a reply (chord body): rank the replies by how positive they read."""
-    loaded = inference.served(ModelRole.CLASSIFIER, model)
-    verdicts = inference.classify(loaded, [variant["text"] or "-" for variant in variants])
+    loaded = engine_client.served(ModelRole.CLASSIFIER, model)
+    verdicts = engine_client.classify(loaded, [variant["text"] or "-" for variant in variants])
     candidates = [
         ReplyCandidate(
             tone=variant["tone"],

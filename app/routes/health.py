@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import CeleryDep, RedisDep
+from app.deps import ServicesDep
 from app.errors import problem
 from contracts.names import WORKER_REFUSALS_KEY
 
@@ -29,17 +29,17 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"content": {"application/problem+json": {}}}})
-async def readyz(redis: RedisDep, celery: CeleryDep) -> JSONResponse:
+async def readyz(services: ServicesDep) -> JSONResponse:
     """Redis answers and at least one worker replies to a ping; workers that refused to
     start (a model that cannot serve its role) are listed with the reason."""
     try:
-        await redis.ping()
-        refusals = await redis.hgetall(WORKER_REFUSALS_KEY)
+        await services.redis.ping()
+        refusals = await services.redis.hgetall(WORKER_REFUSALS_KEY)
     except Exception as error:
         return problem(503, "Not ready", f"Redis is unreachable: {error}")
     refused = {_text(host): _text(why) for host, why in sorted(refusals.items())}
     try:
-        replies = await run_in_threadpool(_ping_workers, celery)
+        replies = await run_in_threadpool(_ping_workers, services.celery)
     except (OperationalError, OSError) as error:
         return problem(503, "Not ready", f"The broker is unreachable: {error}")
     if not replies:

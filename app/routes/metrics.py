@@ -17,7 +17,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from app.deps import DepthsDep, RedisDep
+from app.deps import ServicesDep
 from contracts.metrics import JOBS_FINISHED, JOBS_SUBMITTED, METRICS_KEY, MetricSpec, families
 from contracts.names import QueueName
 
@@ -96,12 +96,12 @@ def _histogram(spec: MetricSpec, data: Mapping[str, Mapping[Labels, float]]) -> 
 
 
 @router.get("/metrics", response_class=Response)
-async def read_metrics(redis: RedisDep, depths: DepthsDep) -> Response:
+async def read_metrics(services: ServicesDep) -> Response:
     """Prometheus metrics: jobs by kind and status, queue depths, wait and run time
     histograms, batch sizes, generated tokens (rate() gives tokens per second)."""
-    raw: dict[bytes, bytes] = await redis.hgetall(METRICS_KEY)  # type: ignore[assignment]
+    raw: dict[bytes, bytes] = await services.redis.hgetall(METRICS_KEY)  # type: ignore[assignment]
     stored = {field.decode(): float(value) for field, value in raw.items()}
-    readings = {queue.value: await depths.depth(queue.value) for queue in QueueName}
+    readings = {queue.value: await services.depths.depth(queue.value) for queue in QueueName}
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Snapshot(stored, readings))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,7 +5,7 @@ import time
 from fastapi import APIRouter, Depends
 
 from app.core.redis import AsyncRedis
-from app.deps import RedisDep, SettingsDep, enforce_rate_limit
+from app.deps import ServicesDep, SettingsDep, enforce_rate_limit
 from contracts.models import (
     MODELS_KEY,
     WORKER_TTL,
@@ -52,7 +52,7 @@ async def list_models(redis: AsyncRedis, settings: CommonSettings) -> list[Model
 
 
 @router.get("")
-async def read_models(redis: RedisDep, settings: SettingsDep) -> ModelList:
+async def read_models(services: ServicesDep, settings: SettingsDep) -> ModelList:
     """Each model: name, role, source, queue, context window and chat template (once a
     worker has loaded it), and how many live workers hold it — 0 means its jobs wait."""
-    return ModelList(data=await list_models(redis, settings))
+    return ModelList(data=await list_models(services.redis, settings))

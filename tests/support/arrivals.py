@@ -1,6 +1,7 @@
 """Arrivals for a decode loop on a script: each row starts waiting at its own step."""
 
-from worker.batching import DecodeRow, Pending
+from worker.decode_loop import DecodeRow
+from worker.device_loop import Pending
 
 
 class Scripted:

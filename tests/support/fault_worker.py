@@ -10,8 +10,8 @@ prompt (anywhere, so that workflow steps built from a topic carry them too):
 - ``OOM:n:`` — raise CUDA's out-of-memory error on the first n attempts;
 - ``TRANSIENT_AFTER:n:k:`` — on the first n attempts, stop after k tokens (streamed as
   usual) and raise :class:`~worker.errors.TransientError`;
-- ``SLOW:`` — take 0.1 s per token, so that a test can cancel a running generation (in
-  the inference process, through its initializer).
+- ``SLOW:`` — take 0.1 s per token, so that a test can cancel a running generation (a
+  decode-loop step hook, registered in the inference process through its initializer).
 
 Production workers never import this module.
 """
@@ -19,27 +19,29 @@ Production workers never import this module.
 import contextlib
 import re
 import time
-from dataclasses import replace
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from celery import current_task
 
-from worker import inference
+from worker import engine_client
 from worker.celery_app import app
 from worker.config import get_settings
-from worker.engine import inference_process
+from worker.decode_loop import DecodeRow, add_step_hook
 from worker.errors import Canceled, TransientError
+from worker.inference_process import inference_process
+from worker.models import ModelRole, get_registry
 
 SECONDS_PER_SLOW_TOKEN = 0.1
-_real_generate_text = inference.generate_text
+_real_generate_text = engine_client.generate_text
 
 
 class InjectedFault(RuntimeError):
     """Raised by the tests' worker on request."""
 
 
-def _generate_text(loaded: inference.Served, *, prompt: str, **options: Any) -> Any:
+def _generate_text(loaded: engine_client.Served, *, prompt: str, **options: Any) -> Any:
     if (at := re.search(r"FAULT_AT:([\d.]+):", prompt)) and options["temperature"] == float(at[1]):
         raise InjectedFault(f"injected fault at temperature {at[1]}")
     if (fault := re.search(r"(?<!_)FAULT:\s*(.*)", prompt)) is not None:
@@ -52,18 +54,10 @@ def _generate_text(loaded: inference.Served, *, prompt: str, **options: Any) -> 
     if (after := re.search(r"TRANSIENT_AFTER:(\d+):(\d+):", prompt)) and attempt < int(after[1]):
         _fail_after(int(after[2]), loaded, prompt, options)
         raise TransientError(f"injected transient fault after {after[2]} tokens")
-    if "SLOW:" in prompt and not get_settings().inference_process:
-        should_stop = options.pop("should_stop", None) or (lambda: False)
-
-        def slow_stop() -> bool:
-            time.sleep(SECONDS_PER_SLOW_TOKEN)
-            return bool(should_stop())
-
-        options["should_stop"] = slow_stop
     return _real_generate_text(loaded, prompt=prompt, **options)
 
 
-def _fail_after(tokens: int, loaded: inference.Served, prompt: str, options: Any) -> None:
+def _fail_after(tokens: int, loaded: engine_client.Served, prompt: str, options: Any) -> None:
     """Generate (and stream) ``tokens`` tokens, then stop."""
     seen = [0]
     should_stop = options.pop("should_stop", None) or (lambda: False)
@@ -84,29 +78,27 @@ def _fail_after(tokens: int, loaded: inference.Served, prompt: str, options: Any
 
 
 def _slow_rows() -> None:
-    """In the inference process: a row whose text says ``SLOW:`` takes 0.1 s per token."""
-    from worker import engine
-    from worker.models import ModelRole, get_registry
+    """A decode pass that runs a row whose text says ``SLOW:`` takes 0.1 s (in whichever
+    process runs the decode loop)."""
+    tokenizer = get_registry().card(ModelRole.GENERATOR).tokenizer
+    marked: dict[tuple[int, int, int], bool] = {}  # a row decoded once, not every step
 
-    real_row = engine.engine_row
+    def is_slow(row: DecodeRow) -> bool:
+        key = (id(row), len(row.context), row.seed)
+        if key not in marked:
+            marked[key] = "SLOW:" in tokenizer.decode(row.context)
+        return marked[key]
 
-    def engine_row(row: Any, *args: Any) -> Any:
-        row = real_row(row, *args)
-        tokenizer = get_registry().get(ModelRole.GENERATOR).tokenizer
-        if "SLOW:" not in tokenizer.decode(row.context):
-            return row
-        should_stop = row.should_stop
-
-        def slow_stop() -> bool:
+    def slow(rows: Sequence[DecodeRow]) -> None:
+        if any(is_slow(row) for row in rows):
             time.sleep(SECONDS_PER_SLOW_TOKEN)
-            return bool(should_stop())
 
-        return replace(row, should_stop=slow_stop)
-
-    engine.engine_row = engine_row
+    add_step_hook(slow)
 
 
-inference.generate_text = _generate_text  # type: ignore[assignment]
+engine_client.generate_text = _generate_text  # type: ignore[assignment]
 inference_process().initializer = _slow_rows
+if not get_settings().inference_process:
+    _slow_rows()
 
 __all__ = ["app"]

@@ -13,18 +13,11 @@ import pytest
 import torch
 
 from tests.support.arrivals import Scripted
-from worker.batching import (
-    LARGE_MODEL_PARAMETERS,
-    TORCH_THREADS,
-    DecodeRow,
-    MicroBatcher,
-    Pending,
-    _by_length,
-    classify_batch,
-    decode_steps,
-)
+from worker.classifier import classify_batch
 from worker.config import WorkerSettings
-from worker.models import LoadedModel, ModelRegistry, ModelRole
+from worker.decode_loop import DecodeRow, decode_steps
+from worker.device_loop import TORCH_THREADS, MicroBatcher, Pending, RowControl, Runner, by_length
+from worker.models import LARGE_MODEL_PARAMETERS, LoadedModel, ModelRegistry, ModelRole
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +38,25 @@ def context(generator: LoadedModel, text: str) -> list[int]:
     return generator.tokenizer(text)["input_ids"]
 
 
-def batcher(generator: LoadedModel, max_size: int = 16, wait_ms: float = 200) -> MicroBatcher:
-    return MicroBatcher(generator, decode_steps, max_size=max_size, wait_ms=wait_ms)
+_run_sizes: dict[int, list[int]] = {}  # each batcher's runs, as its on_run hook hears them
+
+
+def batcher(
+    model: LoadedModel, max_size: int = 16, wait_ms: float = 200, runner: Runner = decode_steps
+) -> MicroBatcher:
+    sizes: list[int] = []
+    engine = MicroBatcher(model, runner, max_size=max_size, wait_ms=wait_ms, on_run=sizes.append)
+    _run_sizes[id(engine)] = sizes
+    return engine
 
 
 def batch_sizes(engine: MicroBatcher, runs: int) -> list[int]:
-    """The sizes of the engine's runs, once it has recorded ``runs`` of them (each is
-    recorded when its run ends, a moment after the last result is handed back)."""
+    """The sizes of the engine's runs, once it has told ``runs`` of them (each is told when
+    its run ends, a moment after the last result is handed back)."""
     deadline = time.monotonic() + 10
-    while len(engine.batch_sizes) < runs and time.monotonic() < deadline:
+    while len(_run_sizes[id(engine)]) < runs and time.monotonic() < deadline:
         time.sleep(0.01)
-    return engine.batch_sizes
+    return _run_sizes[id(engine)]
 
 
 def test_concurrent_rows_with_different_parameters_share_passes(generator: LoadedModel):
@@ -93,19 +94,19 @@ def test_a_finished_row_hands_its_result_back_at_once(generator: LoadedModel):
     def long_should_stop() -> bool:
         return stop_long.is_set()
 
-    def run(name: str, row: DecodeRow) -> None:
-        engine.submit(row)
+    def run(name: str, row: DecodeRow, control: RowControl) -> None:
+        engine.submit(row, control)
         finished.append(name)
         if name == "short":
             stop_long.set()  # the long row is still running when the short one is back
 
-    long_row = DecodeRow(
-        context(generator, "Long"), 200, 0.8, 0.95, seed=1, should_stop=long_should_stop
-    )
+    long_row = DecodeRow(context(generator, "Long"), 200, 0.8, 0.95, seed=1)
     short_row = DecodeRow(context(generator, "Short"), 3, 0.8, 0.95, seed=2)
     threads = [
-        threading.Thread(target=run, args=("long", long_row)),
-        threading.Thread(target=run, args=("short", short_row)),
+        threading.Thread(
+            target=run, args=("long", long_row, RowControl(should_stop=long_should_stop))
+        ),
+        threading.Thread(target=run, args=("short", short_row, RowControl())),
     ]
     for thread in threads:
         thread.start()
@@ -118,18 +119,14 @@ def test_a_finished_row_hands_its_result_back_at_once(generator: LoadedModel):
 def test_cancel_stops_only_its_own_row(generator: LoadedModel):
     engine = batcher(generator)
     streamed: list[int] = []
-    canceled = DecodeRow(
-        context(generator, "Cancel me"),
-        50,
-        0.8,
-        0.95,
-        seed=1,
+    canceled = DecodeRow(context(generator, "Cancel me"), 50, 0.8, 0.95, seed=1)
+    control = RowControl(
         should_stop=lambda: len(streamed) >= 4,
         on_tokens=lambda tokens: streamed.append(len(tokens)),
     )
     kept = DecodeRow(context(generator, "Keep me"), 30, 0.8, 0.95, seed=2)
     with ThreadPoolExecutor(2) as pool:
-        first, second = pool.map(engine.submit, [canceled, kept])
+        first, second = pool.map(engine.submit, [canceled, kept], [control, RowControl()])
     assert first.finish_reason == "canceled"
     assert len(first.tokens) == 4
     assert streamed == [1, 2, 3, 4]  # streamed token by token, then stopped
@@ -149,13 +146,11 @@ def test_a_request_joins_a_running_decode_loop(generator: LoadedModel):
         if len(tokens) == 5:
             long_started.set()
 
-    long_row = DecodeRow(
-        context(generator, "A long story begins"), 120, 0.8, 0.95, seed=1, on_tokens=on_tokens
-    )
+    long_row = DecodeRow(context(generator, "A long story begins"), 120, 0.8, 0.95, seed=1)
     late_prompt = context(generator, "Meanwhile, in the harbor, with a much longer prompt")
     late_row = DecodeRow(late_prompt, 10, 0.8, 0.95, seed=5)
     with ThreadPoolExecutor(2) as pool:
-        long_result = pool.submit(engine.submit, long_row)
+        long_result = pool.submit(engine.submit, long_row, RowControl(on_tokens=on_tokens))
         assert long_started.wait(30)
         late_result = pool.submit(engine.submit, late_row).result(timeout=60)
         steps_when_late_finished = len(steps)
@@ -243,9 +238,9 @@ def test_batching_off_runs_one_request_per_pass(generator: LoadedModel):
     assert batch_sizes(engine, 4) == [1, 1, 1, 1]
 
 
-def test_texts_are_grouped_by_length():
+def test_texts_are_groupedby_length():
     items = [Pending(text) for text in ["a" * 3, "a" * 100, "a" * 4, "a" * 180, "a" * 5]]
-    groups = [[len(p.item) for p in group] for group in _by_length(items, len)]
+    groups = [[len(p.item) for p in group] for group in by_length(items, len)]
     assert groups == [[3, 4, 5], [100, 180]]
 
 
@@ -274,7 +269,7 @@ def test_a_sliding_window_model_batches_too(generator: LoadedModel):
     ]
     # Greedy: a random model's flat distribution puts sampled draws within rounding
     # (~1e-7, which a batched forward may differ by) of a token's boundary.
-    engine = MicroBatcher(windowed, decode_steps, max_size=8, wait_ms=200)
+    engine = batcher(windowed, max_size=8)
     with ThreadPoolExecutor(3) as pool:
         together = list(pool.map(engine.submit, rows))
     assert batch_sizes(engine, 1) == [3]
@@ -307,17 +302,10 @@ def test_models_on_one_device_take_turns_on_its_inference_thread(
         time.sleep(0.005)
         return False
 
-    long_row = DecodeRow(
-        context(generator, "Far away"),
-        200,
-        0.8,
-        0.95,
-        seed=3,
-        should_stop=paced,
-        on_tokens=on_tokens,
-    )
+    long_row = DecodeRow(context(generator, "Far away"), 200, 0.8, 0.95, seed=3)
+    control = RowControl(should_stop=paced, on_tokens=on_tokens)
     with ThreadPoolExecutor(2) as pool:
-        story = pool.submit(writer.submit, long_row)
+        story = pool.submit(writer.submit, long_row, control)
         assert started.wait(30)
         sentiment = reader.submit("What a lovely, friendly place.")
         tokens_when_answered = streamed[-1]

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-from worker import chat, inference
+from worker import chat, engine_client
 from worker.config import WorkerSettings
+from worker.engine_client import Served
 from worker.errors import InvalidInput
-from worker.inference import Served
 from worker.models import ModelRegistry, ModelRole
 
 #: A Llama-3-like template: the BOS text first, each turn closed by a special token.
@@ -65,7 +65,7 @@ def test_a_chat_reply_equals_generate_on_the_rendered_template(llama_folder: Pat
     end_of_turn = tokenizer.convert_tokens_to_ids("<|end|>")
     assert chat.turn_end_ids(tokenizer) == {end_of_turn}
 
-    ours = inference.generate_text(
+    ours = engine_client.generate_text(
         Served.here(loaded), prompt="", prompt_ids=ids, end_ids=chat.turn_end_ids(tokenizer),
         max_new_tokens=24, temperature=0.0, top_p=1.0, seed=0,
     )  # fmt: skip

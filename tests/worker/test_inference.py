@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from worker import inference
+from tiny_models import corpus_paragraphs
+from worker import engine_client
 from worker.config import WorkerSettings
-from worker.inference import Served
+from worker.engine_client import Served
 from worker.models import ModelRegistry, ModelRole
-from worker.tiny import corpus_paragraphs
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def generator(models: ModelRegistry) -> Served:
 
 def generate(generator: Served, prompt: str, **options):
     defaults = {"max_new_tokens": 40, "temperature": 0.8, "top_p": 0.95, "seed": 7}
-    return inference.generate_text(generator, prompt=prompt, **(defaults | options))
+    return engine_client.generate_text(generator, prompt=prompt, **(defaults | options))
 
 
 def test_generator_writes_words_not_byte_noise(generator: Served):
@@ -64,14 +64,14 @@ def test_a_prompt_longer_than_the_window_is_trimmed_not_an_error(generator: Serv
     ],
 )
 def test_classifier_gets_plain_sentiment_right(models: ModelRegistry, text: str, label: str):
-    [result] = inference.classify(Served.here(models.get(ModelRole.CLASSIFIER)), [text])
+    [result] = engine_client.classify(Served.here(models.get(ModelRole.CLASSIFIER)), [text])
     assert result.label == label
     assert 0.5 < result.score <= 1.0
 
 
 def test_summarizer_writes_a_short_text(models: ModelRegistry):
     text = " ".join(corpus_paragraphs()[8:10])
-    summary = inference.summarize(
+    summary = engine_client.summarize(
         Served.here(models.get(ModelRole.SUMMARIZER)),
         text=text,
         min_new_tokens=5,
@@ -137,11 +137,11 @@ def test_a_long_summary_does_not_hold_up_a_generation(models: ModelRegistry, gen
     ends before the summary does (one blocking ``generate`` made it wait to the end)."""
     summarizer = Served.here(models.get(ModelRole.SUMMARIZER))
     text = " ".join(corpus_paragraphs()[:6])
-    direct = inference.summarize(summarizer, text=text, min_new_tokens=5, max_new_tokens=30)
+    direct = engine_client.summarize(summarizer, text=text, min_new_tokens=5, max_new_tokens=30)
     order: list[str] = []
     with ThreadPoolExecutor(2) as pool:
         summary = pool.submit(
-            inference.summarize, summarizer, text=text, min_new_tokens=200, max_new_tokens=200
+            engine_client.summarize, summarizer, text=text, min_new_tokens=200, max_new_tokens=200
         )
         summary.add_done_callback(lambda _: order.append("summary"))
         time.sleep(0.3)  # the summary is under way
@@ -152,5 +152,5 @@ def test_a_long_summary_does_not_hold_up_a_generation(models: ModelRegistry, gen
         summary.result(timeout=120)
     assert order == ["generation", "summary"]
     # Stepping changes nothing in what a summary says.
-    again = inference.summarize(summarizer, text=text, min_new_tokens=5, max_new_tokens=30)
+    again = engine_client.summarize(summarizer, text=text, min_new_tokens=5, max_new_tokens=30)
     assert again == direct

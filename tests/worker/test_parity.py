@@ -30,8 +30,9 @@ from transformers import (
 )
 
 from tests.support.arrivals import Scripted
-from worker.batching import DecodeRow, Pending, decode_steps
 from worker.config import WorkerSettings
+from worker.decode_loop import DecodeRow, decode_steps
+from worker.device_loop import Pending
 from worker.models import LoadedModel, ModelRegistry, ModelRole
 
 PROMPTS = [

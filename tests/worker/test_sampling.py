@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from worker.batching import NUCLEUS_DRAWS, _nucleus_by_sorting, _sample
+from worker.sampler import NUCLEUS_DRAWS, nucleus_by_sorting, sample
 
 PROBS = [0.5, 0.25, 0.15, 0.06, 0.04]  # top-p 0.8: the nucleus is the first three
 
@@ -21,7 +21,7 @@ def test_sampled_tokens_follow_the_renormalized_nucleus():
     logits, temperatures, top_ps, generators = rows(4000, PROBS)
     counts = torch.zeros(len(PROBS))
     for _ in range(5):
-        tokens = _sample(logits, temperatures, top_ps, generators)
+        tokens = sample(logits, temperatures, top_ps, generators)
         counts += torch.bincount(tokens, minlength=len(PROBS))
     total = counts.sum().item()
     assert counts[3] == counts[4] == 0, "tokens outside the nucleus never come"
@@ -39,12 +39,12 @@ def test_the_sampler_agrees_with_sorting_the_distribution():
     probs = torch.softmax(logits, dim=-1)
     for top_p in (0.05, 0.5, 0.95):
         top_ps = torch.full((64,), top_p)
-        tokens = _sample(logits, torch.ones(64), top_ps, [torch.Generator() for _ in range(64)])
+        tokens = sample(logits, torch.ones(64), top_ps, [torch.Generator() for _ in range(64)])
         # In the nucleus: the mass of the likelier tokens is at most top-p.
         chance = probs.gather(-1, tokens[:, None])
         likelier = torch.where(probs > chance, probs, 0.0).sum(dim=-1)
         assert bool((likelier <= top_p).all())
-        sorted_picks = _nucleus_by_sorting(probs, top_ps, torch.rand(64))
+        sorted_picks = nucleus_by_sorting(probs, top_ps, torch.rand(64))
         chance = probs.gather(-1, sorted_picks[:, None])
         assert bool((torch.where(probs > chance, probs, 0.0).sum(dim=-1) <= top_p).all())
 
@@ -53,12 +53,12 @@ def test_a_seed_gives_the_same_tokens_and_greedy_rows_take_the_likeliest():
     logits, temperatures, top_ps, _ = rows(6, PROBS)
     temperatures[::2] = 0.0  # rows 0, 2, 4 greedy
 
-    def sample() -> list[int]:
+    def draws() -> list[int]:
         generators = [torch.Generator().manual_seed(seed) for seed in range(6)]
-        return [_sample(logits, temperatures, top_ps, generators).tolist() for _ in range(20)]
+        return [sample(logits, temperatures, top_ps, generators).tolist() for _ in range(20)]
 
-    first = sample()
-    assert first == sample()
+    first = draws()
+    assert first == draws()
     assert {tuple(tokens[::2]) for tokens in first} == {(0, 0, 0)}
     assert len({tuple(tokens[1::2]) for tokens in first}) > 1  # the others are sampled
 
@@ -69,5 +69,5 @@ def test_a_nucleus_too_small_for_its_draws_is_found_by_sorting():
     probs = torch.softmax(torch.linspace(2, 0, 1000), dim=-1)
     assert probs[0] < 0.01 and NUCLEUS_DRAWS < 50
     logits, temperatures, top_ps, generators = rows(200, probs.tolist(), top_p=1e-6)
-    tokens = _sample(logits, temperatures, top_ps, generators)
+    tokens = sample(logits, temperatures, top_ps, generators)
     assert tokens.tolist() == [0] * 200  # only the likeliest is in so small a nucleus

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from worker import tiny
+import tiny_models as tiny
 
 
 def test_the_cache_folder_names_the_recipe(tmp_path: Path):

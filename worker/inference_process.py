@@ -4,16 +4,18 @@ their own beside the worker's Celery threads.
 A decode step is a few hundred torch operations, and the inference thread gives the GIL
 up and takes it back around each one. In the worker's process, Celery's threads (the
 consumer loop, the task threads, the result writes) hold it in between, so every step
-waits: measured on 2 cores, 32 concurrent generations stepped about twice as slowly as
-the same loop alone. So by default (``LLM_TASKS_INFERENCE_PROCESS``) each worker process
+waits for them. So by default (``LLM_TASKS_INFERENCE_PROCESS``) each worker process
 starts one inference process: it loads the models (the GPU holds one copy per worker),
-runs their micro-batchers (:mod:`worker.batching`) from its main thread, and answers
-over a pipe. The task threads keep the tokenizers: they send token ids and texts, and get
-token ids, labels and summaries back.
+runs their micro-batchers (:mod:`worker.batchers`) on its device loop
+(:mod:`worker.device_loop`) from its main thread, and answers over a pipe. The task
+threads keep the tokenizers: they send token ids and texts, and get token ids, labels and
+summaries back.
 
-Streaming and cancellation cross the pipe too: every ``STREAM_INTERVAL`` the inference
-process sends the tokens of each streaming row so far, and the worker, at the same pace,
-asks each row's ``should_stop`` and sends a cancel when it says yes. If the inference
+Streaming and cancellation cross the pipe as messages, never as callables: a request's
+:class:`~worker.device_loop.RowControl` stays in the worker; every ``STREAM_INTERVAL``
+the inference process sends the tokens of each streaming row so far (its own control for
+the row keeps them), and the worker, at the same pace, asks each row's ``should_stop``
+and sends a cancel when it says yes (the row's control there answers it). If the inference
 process dies, every request in flight fails with :class:`InferenceProcessLost` (a
 transient error: the task retries it) and the next request starts a new process.
 """
@@ -25,17 +27,21 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from multiprocessing.connection import Connection
 from typing import Any
 
-from worker.batching import call_safely
+from contracts.logs import configure
+from worker.batchers import batcher_for
+from worker.config import get_settings
+from worker.device_loop import MicroBatcher, RowControl, call_safely, device_loop
 from worker.errors import TransientError
-from worker.models import ModelRefused
+from worker.metrics import flush, start_flushing
+from worker.models import ModelRefused, get_registry
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +58,8 @@ Initializer = Callable[[], None]
 
 @dataclass
 class _Call:
+    control: RowControl
     future: "Future[Any]" = field(default_factory=Future)
-    on_tokens: Callable[[list[int]], None] | None = None
-    should_stop: Callable[[], bool] | None = None
     cancel_sent: bool = False
 
 
@@ -90,26 +95,23 @@ class InferenceProcess:
         """The running process's id."""
         return self._pid if self._conn is not None else None
 
-    def submit_many(self, model: str, items: list[Any]) -> list[Any]:
+    def submit_many(
+        self, model: str, items: Sequence[Any], controls: Sequence[RowControl] | None = None
+    ) -> list[Any]:
         """Run ``items`` on the model named ``model`` (or a role's default model); blocks
-        until all are done. A generation row's ``on_tokens`` and ``should_stop`` are called
-        in this process."""
+        until all are done. Each item's control is called in this process."""
         calls = []
         with self._lock:
             conn = self._connection()
-            for item in items:
-                call = _Call(
-                    on_tokens=getattr(item, "on_tokens", None),
-                    should_stop=getattr(item, "should_stop", None),
-                )
-                if call.on_tokens is not None or call.should_stop is not None:
-                    item = replace(item, on_tokens=None, should_stop=None)
+            for item, control in zip(items, controls or [RowControl()] * len(items), strict=True):
+                call = _Call(control)
                 call_id = next(self._ids)
                 self._calls[call_id] = call
                 calls.append(call)
+                streaming = control.on_tokens is not None
                 # If the process is gone, its reply thread fails every call.
                 with suppress(OSError):
-                    conn.send(("run", call_id, model, item, call.on_tokens is not None))
+                    conn.send(("run", call_id, model, item, streaming))
         return [call.future.result() for call in calls]
 
     def _connection(self) -> Connection:
@@ -172,8 +174,8 @@ class InferenceProcess:
             for call_id, tokens in message[1].items():
                 with self._lock:
                     call = self._calls.get(call_id)
-                if call is not None and call.on_tokens is not None:
-                    call_safely(call.on_tokens, tokens)
+                if call is not None and call.control.on_tokens is not None:
+                    call_safely(call.control.on_tokens, tokens)
             return
         _, call_id, value = message
         with self._lock:
@@ -188,12 +190,14 @@ class InferenceProcess:
     def _send_cancels(self, conn: Connection) -> None:
         with self._lock:
             watched = [
-                (i, c) for i, c in self._calls.items() if c.should_stop and not c.cancel_sent
+                (i, c.control.should_stop, c)
+                for i, c in self._calls.items()
+                if c.control.should_stop is not None and not c.cancel_sent
             ]
-        for call_id, call in watched:
-            assert call.should_stop is not None
+        for call_id, should_stop, call in watched:
+            assert should_stop is not None
             try:
-                stop = call.should_stop()
+                stop = should_stop()
             except Exception:
                 logger.exception("a cancellation check failed; the generation goes on")
                 continue
@@ -217,10 +221,6 @@ class _Server:
     thread runs the device loop and sends results and token updates back."""
 
     def __init__(self, conn: Connection, names: list[str] | None) -> None:
-        from worker.batching import batcher_for, device_loop
-        from worker.config import get_settings
-        from worker.models import get_registry
-
         self._conn = conn
         self._send_lock = threading.Lock()
         registry = get_registry()
@@ -229,7 +229,9 @@ class _Server:
         devices = {str(loaded.device) for loaded in models.values()}
         assert len(devices) == 1, f"every model on one device, not {devices}"
         self.loop = device_loop(next(iter(models.values())).device, served_here=True)
-        self._batchers = {name: batcher_for(loaded) for name, loaded in models.items()}
+        self._batchers: dict[str, MicroBatcher] = {
+            name: batcher_for(loaded) for name, loaded in models.items()
+        }
         self._canceled: set[int] = set()
         self._streams: dict[int, list[int]] = {}
         self._streamed_at = time.monotonic()
@@ -251,31 +253,22 @@ class _Server:
                 elif message[0] == "cancel":
                     self._canceled.add(message[1])
         except (EOFError, OSError):
-            from worker.metrics import flush
-
             flush()
             os._exit(0)  # the worker is gone: so is its inference process
 
-    def _batcher(self, model: str) -> Any:
+    def _batcher(self, model: str) -> MicroBatcher:
         """The model's batcher (a model not loaded at start loads on its first request)."""
-        from worker.batching import batcher_for
-        from worker.models import get_registry
-
         if model not in self._batchers:
             self._batchers[model] = batcher_for(get_registry().get(model))
         return self._batchers[model]
 
     def _enqueue(self, call_id: int, model: str, item: Any, streaming: bool) -> None:
-        from worker.batching import DecodeRow
-
-        if isinstance(item, DecodeRow):
-            item = engine_row(item, call_id, self._canceled, self._streams if streaming else None)
         try:
             batcher = self._batcher(model)
         except Exception as error:
             self.send(("error", call_id, RuntimeError(f"model {model}: {error}")))
             return
-        [pending] = batcher.enqueue([item])
+        [pending] = batcher.enqueue([item], [self._control(call_id, streaming)])
         pending.future.add_done_callback(lambda future: self._reply(call_id, future))
 
     def _reply(self, call_id: int, future: "Future[Any]") -> None:
@@ -291,6 +284,18 @@ class _Server:
             error = RuntimeError(f"{type(error).__name__}: {error}")
         self.send(("error", call_id, error))
 
+    def _control(self, call_id: int, streaming: bool) -> RowControl:
+        """The row's control here: stopped by a cancel from the worker, its tokens kept for
+        the next update."""
+
+        def on_tokens(tokens: list[int]) -> None:
+            self._streams[call_id] = tokens
+
+        return RowControl(
+            on_tokens=on_tokens if streaming else None,
+            should_stop=lambda: call_id in self._canceled,
+        )
+
     def stream(self) -> None:
         """Between rounds: the streaming rows' tokens, at most every ``STREAM_INTERVAL``."""
         if self._streams and time.monotonic() - self._streamed_at >= STREAM_INTERVAL:
@@ -300,29 +305,8 @@ class _Server:
             self.send(("tokens", update))
 
 
-def engine_row(
-    row: Any, call_id: int, canceled: set[int], streams: dict[int, list[int]] | None
-) -> Any:
-    """The row as the inference process runs it: stopped by a cancel from the worker,
-    its tokens kept for the next update."""
-
-    def on_tokens(tokens: list[int]) -> None:
-        assert streams is not None
-        streams[call_id] = tokens
-
-    return replace(
-        row,
-        should_stop=lambda: call_id in canceled,
-        on_tokens=on_tokens if streams is not None else None,
-    )
-
-
 def serve(conn: Connection, initializer: Initializer | None, models: list[str] | None) -> None:
     """The inference process's main function."""
-    from contracts.logs import configure
-    from worker.config import get_settings
-    from worker.metrics import start_flushing
-
     settings = get_settings()
     configure(settings.log_format, "worker")
     try:

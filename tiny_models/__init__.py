@@ -1,12 +1,12 @@
 """The ``tiny`` models: three small transformers built offline, deterministically.
 
 They let the whole service run without a model hub: a byte-level BPE tokenizer trained
-on the corpus in ``worker/assets``, then briefly trained models of the real families
+on the corpus in ``tiny_models/assets``, then briefly trained models of the real families
 (GPT-2, DistilBERT, BART), each saved as an ordinary Hugging Face folder so that they
 go through the same loading code as real model ids. Built once into the model cache;
 when two processes build at once, a file lock makes one wait for the other.
 
-``python -m worker.tiny`` builds them and prints the time each took.
+``python -m tiny_models`` builds them and prints the time each took.
 """
 
 import hashlib
@@ -49,11 +49,13 @@ VOCAB_SIZE = 2048
 GENERATOR_CONTEXT = 256
 LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
 ROLES = ("generator", "classifier", "summarizer")
-_COMPLETE_MARKER = "COMPLETE.json"
+COMPLETE_MARKER = "COMPLETE.json"
 
 
 def _asset(name: str) -> str:
-    return resources.files("worker").joinpath("assets").joinpath(name).read_text(encoding="utf-8")
+    return (
+        resources.files("tiny_models").joinpath("assets").joinpath(name).read_text(encoding="utf-8")
+    )
 
 
 def corpus_paragraphs() -> list[str]:
@@ -104,17 +106,17 @@ def tiny_models_dir(cache_dir: Path) -> Path:
 def ensure_tiny_models(cache_dir: Path) -> Path:
     """The folder holding ``generator/``, ``classifier/`` and ``summarizer/``; built if missing."""
     target = tiny_models_dir(cache_dir)
-    if (target / _COMPLETE_MARKER).exists():
+    if (target / COMPLETE_MARKER).exists():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if (target / _COMPLETE_MARKER).exists():
+        if (target / COMPLETE_MARKER).exists():
             return target
         logger.info("building the tiny models into %s (once per machine)", target)
         staging = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
         try:
             timings = build_tiny_models(staging)
-            (staging / _COMPLETE_MARKER).write_text(json.dumps({"build_seconds": timings}))
+            (staging / COMPLETE_MARKER).write_text(json.dumps({"build_seconds": timings}))
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
         finally:
@@ -310,22 +312,3 @@ def _build_summarizer(tokenizer: Tokenizer) -> tuple[PreTrainedModel, PreTrained
     model.generation_config.no_repeat_ngram_size = 3
     model.generation_config.repetition_penalty = 1.3
     return model, wrapped
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--out", type=Path, help="build into this folder (default: the model cache)"
-    )
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.out:
-        print(json.dumps(build_tiny_models(args.out), indent=2))
-    else:
-        from worker.config import get_settings
-
-        folder = ensure_tiny_models(get_settings().model_cache_dir)
-        print(folder)
-        print((folder / _COMPLETE_MARKER).read_text())

@@ -7,40 +7,26 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
 from tools.stack import start_redis, wait_until
-from worker.batching import DecodeRow, SummaryRequest
-from worker.engine import InferenceProcess, InferenceProcessLost
+from worker.decode_loop import DecodeRow, add_step_hook
+from worker.device_loop import RowControl
 from worker.errors import TransientError
-from worker.jobs import CancelToken
+from worker.inference_process import InferenceProcess, InferenceProcessLost
+from worker.job_task import CancelToken
 from worker.leases import StepWatch
 from worker.models import ModelRole, get_registry
+from worker.summarizer import SummaryRequest
 
 
 def paced() -> None:
     """In the inference process: every generation step takes at least 5 ms, so that a
     test can act while a row runs."""
-    from worker import engine
-
-    real_row = engine.engine_row
-
-    def engine_row(row: Any, *args: Any) -> Any:
-        row = real_row(row, *args)
-        should_stop = row.should_stop
-
-        def paced_stop() -> bool:
-            time.sleep(0.005)
-            return bool(should_stop())
-
-        return replace(row, should_stop=paced_stop)
-
-    engine.engine_row = engine_row
+    add_step_hook(lambda rows: time.sleep(0.005))
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +45,9 @@ def prompt(text: str) -> list[int]:
 
 def test_every_model_answers_through_the_process(engine: InferenceProcess):
     updates: list[list[int]] = []
-    row = DecodeRow(prompt("The harbor at dawn"), 150, 0.8, 0.95, seed=4, on_tokens=updates.append)
-    [decoded] = engine.submit_many(str(ModelRole.GENERATOR), [row])
+    row = DecodeRow(prompt("The harbor at dawn"), 150, 0.8, 0.95, seed=4)
+    control = RowControl(on_tokens=updates.append)
+    [decoded] = engine.submit_many(str(ModelRole.GENERATOR), [row], [control])
     assert len(decoded.tokens) == 150 or decoded.finish_reason == "stop"
     assert updates, "the tokens streamed while the row ran"
     assert all(decoded.tokens[: len(update)] == update for update in updates)
@@ -75,16 +62,12 @@ def test_every_model_answers_through_the_process(engine: InferenceProcess):
 
 def test_a_cancel_crosses_to_the_process(engine: InferenceProcess):
     seen: list[int] = []
-    row = DecodeRow(
-        prompt("Stop me"),
-        200,
-        0.8,
-        0.95,
-        seed=2,
+    row = DecodeRow(prompt("Stop me"), 200, 0.8, 0.95, seed=2)
+    control = RowControl(
         on_tokens=lambda tokens: seen.append(len(tokens)),
         should_stop=lambda: bool(seen),  # stop once the first tokens came back
     )
-    [decoded] = engine.submit_many(str(ModelRole.GENERATOR), [row])
+    [decoded] = engine.submit_many(str(ModelRole.GENERATOR), [row], [control])
     assert decoded.finish_reason in {"canceled", "stop"}
     assert len(decoded.tokens) < 200
 
@@ -93,17 +76,12 @@ def test_a_dead_process_fails_its_requests_as_transient_and_is_replaced(
     engine: InferenceProcess,
 ):
     streaming = threading.Event()
-    row = DecodeRow(
-        prompt("A very long tale"),
-        200,
-        0.8,
-        0.95,
-        seed=3,
-        on_tokens=lambda tokens: streaming.set(),
-        should_stop=lambda: False,
-    )
+    row = DecodeRow(prompt("A very long tale"), 200, 0.8, 0.95, seed=3)
+    control = RowControl(on_tokens=lambda tokens: streaming.set(), should_stop=lambda: False)
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(engine.submit_many, str(ModelRole.GENERATOR), [row] * 4)
+        running = pool.submit(
+            engine.submit_many, str(ModelRole.GENERATOR), [row] * 4, [control] * 4
+        )
         assert streaming.wait(30)
         assert engine.pid is not None
         os.kill(engine.pid, signal.SIGKILL)
@@ -128,18 +106,14 @@ def test_a_hung_redis_does_not_hold_up_results(engine: InferenceProcess, log_dir
     try:
         time.sleep(0.2)  # the watch thread is now waiting on Redis
         streamed: list[list[int]] = []
-        row = DecodeRow(
-            prompt("While Redis hangs"),
-            60,
-            0.8,
-            0.95,
-            seed=1,
+        row = DecodeRow(prompt("While Redis hangs"), 60, 0.8, 0.95, seed=1)
+        control = RowControl(
             on_tokens=streamed.append,
             should_stop=CancelToken("task-under-a-hung-redis", step),
         )
         started = time.monotonic()
         with ThreadPoolExecutor(1) as pool:
-            generation = pool.submit(engine.submit_many, str(ModelRole.GENERATOR), [row])
+            generation = pool.submit(engine.submit_many, str(ModelRole.GENERATOR), [row], [control])
             wait_until(lambda: bool(streamed), hang)
             sentiments = engine.submit_many(str(ModelRole.CLASSIFIER), ["Lovely!", "Awful."])
             [decoded] = generation.result(timeout=hang)

@@ -1,9 +1,10 @@
-"""What the tasks call: generation, classification and summarization, batched.
+"""The engine client: what the tasks call to generate, classify and summarize.
 
-Plain functions, no Celery: tests and benchmarks call them directly. Each request goes
-through its model's micro-batcher (:mod:`worker.batching`), which shares forward passes
-between concurrent requests: in the inference process (:mod:`worker.engine`) or, with
-``LLM_TASKS_INFERENCE_PROCESS=false``, in this one.
+Plain functions, no Celery: tests and benchmarks call them directly. The tokenizers are
+here, the weights are not: a request (token ids, texts) goes to the model's micro-batcher
+in the inference process (:mod:`worker.inference_process`) or, with
+``LLM_TASKS_INFERENCE_PROCESS=false``, in this one (:mod:`worker.batchers`); its stream
+and cancellation go beside it as a :class:`~worker.device_loop.RowControl`.
 """
 
 import secrets
@@ -14,13 +15,17 @@ from typing import Any, Literal
 
 from contracts.models import PublishedModel
 from contracts.schemas import GenerateOutput
-from worker.batching import DecodeRow, Sentiment, SummaryRequest, batcher_for
+from worker.batchers import batcher_for
 from worker.catalog import catalog
+from worker.classifier import Sentiment
 from worker.config import get_settings
-from worker.engine import inference_process
+from worker.decode_loop import DecodeRow
+from worker.device_loop import RowControl
 from worker.errors import Canceled
+from worker.inference_process import inference_process
 from worker.models import LoadedModel, ModelRole, get_registry
 from worker.stops import cut_at_stop
+from worker.summarizer import SummaryRequest
 
 
 @dataclass(frozen=True)
@@ -31,10 +36,11 @@ class Served:
     name: str
     tokenizer: Any
     context_window: int
-    submit_many: Callable[[list[Any]], list[Any]]
+    #: Runs requests (each with its control, if any) and returns their results.
+    submit_many: Callable[[Sequence[Any], Sequence[RowControl] | None], list[Any]]
 
-    def submit(self, item: Any) -> Any:
-        [result] = self.submit_many([item])
+    def submit(self, item: Any, control: RowControl | None = None) -> Any:
+        [result] = self.submit_many([item], [control or RowControl()])
         return result
 
     @classmethod
@@ -134,10 +140,12 @@ def generate_text(
                 temperature=temperature,
                 top_p=top_p,
                 seed=seed + len(generated),  # each round draws afresh, reproducibly
-                should_stop=stopped.or_else(should_stop),
-                on_tokens=_after(generated, stopped.hear if stop else on_tokens),
                 end_ids=end_ids,
-            )
+            ),
+            RowControl(
+                on_tokens=_after(generated, stopped.hear if stop else on_tokens),
+                should_stop=stopped.or_else(should_stop),
+            ),
         )
         generated += decoded.tokens
         if stop and (cut := stopped.cut(generated)) is not None:
@@ -212,7 +220,7 @@ def _after(earlier: list[int], on_tokens: OnTokens | None) -> OnTokens | None:
 
 def classify(loaded: Served, texts: list[str]) -> list[Sentiment]:
     """Label each text with the classifier's most likely class and its probability."""
-    results: list[Sentiment] = loaded.submit_many(texts)
+    results: list[Sentiment] = loaded.submit_many(texts, None)
     return results
 
 
