@@ -32,9 +32,7 @@ def test_celery_still_reads_a_result_before_it_writes_one():
 
 
 def test_celery_builds_the_meta_document_from_what_the_backend_passes():
-    assert {"result", "state", "traceback", "request"} <= set(
-        parameters(Backend._get_result_meta)
-    )
+    assert {"result", "state", "traceback", "request"} <= set(parameters(Backend._get_result_meta))
     assert RedisBackend._MAX_STR_VALUE_SIZE == 512 * 1024 * 1024
 
 
