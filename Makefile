@@ -24,7 +24,7 @@ define make_env
 	rm -rf $(1)
 	$(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install --quiet --require-hashes --no-deps $(PIP_ARGS) -r $(2)
-	$(1)/bin/python -m pip install --quiet --no-deps --no-build-isolation --no-index -e .
+	$(1)/bin/python -m pip install --quiet --no-deps --no-build-isolation --no-index -e ./client -e .
 	$(1)/bin/python -m pip check
 endef
 
@@ -54,7 +54,7 @@ test-latest:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy app contracts worker tiny_models tools bench llm_tasks
+	$(VENV)/bin/mypy app contracts worker tiny_models tools bench client/llm_tasks
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)

@@ -19,10 +19,10 @@ from app.deps import ServicesDep, SettingsDep
 from app.errors import InputRejected, QueueFull
 from app.routes.models import published
 from app.webhooks.targets import TargetRefused, resolve
-from contracts.jobs import JobCreate, job_examples
-from contracts.models import ModelRole
-from contracts.names import DEFAULT_PRIORITY, JobKind
-from contracts.schemas import limit_violations
+from contracts.limits import limit_violations
+from llm_tasks.job_schema import JobCreate, job_examples
+from llm_tasks.kinds import DEFAULT_PRIORITY, JobKind
+from llm_tasks.model_info import ModelRole
 
 WHY_LIMITED = {
     "delay_seconds": " (a job must not expire before it starts: half of how long it is kept)",

@@ -14,10 +14,11 @@ from kombu.exceptions import OperationalError
 
 from app import workflows
 from app.errors import BrokerUnavailable
-from contracts.jobs import JobCreate, JobRecord
-from contracts.names import JobKind
+from contracts.records import JobRecord
 from contracts.settings import CommonSettings
 from contracts.webhooks import WebhookEvent, enqueue
+from llm_tasks.job_schema import JobCreate
+from llm_tasks.kinds import JobKind
 
 
 def new_record(

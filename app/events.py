@@ -32,7 +32,7 @@ from fastapi.sse import ServerSentEvent
 
 from app.core.redis import AsyncRedis
 from app.store import CELERY_META_PREFIX, StoredJob
-from contracts.jobs import JobPublic, JobStatus
+from llm_tasks.job_schema import JobPublic, JobStatus
 
 logger = logging.getLogger(__name__)
 

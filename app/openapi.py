@@ -13,8 +13,8 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from app.core.config import ApiSettings
-from contracts.jobs import JOB_MODELS
-from contracts.schemas import TotalChars, bounded_fields
+from llm_tasks.job_schema import JOB_MODELS
+from llm_tasks.payloads import TotalChars, bounded_fields
 
 
 def bounded_models() -> list[type[BaseModel]]:

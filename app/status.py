@@ -3,8 +3,8 @@
 Celery's result backend keeps one meta document per task; the job registry keeps what
 Celery does not know (kind, owner, steps, start time, attempts, cancellation). This module
 joins the two. The order of checks matters: a FAILURE is *ready* too, so failure is
-decided before success (the guide reported failed tasks as completed, with the exception
-as their result).
+decided before success (the Celery + transformers guide this project grew from reported
+failed tasks as completed, with the exception as their result).
 """
 
 from datetime import datetime
@@ -12,11 +12,11 @@ from typing import Any
 
 from app.store import StoredJob
 from app.workflows import output_of, progress_unit, stages_of
-from contracts.jobs import (
+from contracts.records import JobRecord
+from llm_tasks.job_schema import (
     JobError,
     JobMetrics,
     JobPublic,
-    JobRecord,
     JobStatus,
     JobUrls,
     Progress,

@@ -1,6 +1,6 @@
 """The job registry in Redis: every accepted job, readable until its results expire.
 
-Keys (see :mod:`contracts.jobs`): one hash per job (the immutable record, the start time
+Keys (see :mod:`contracts.records`): one hash per job (the immutable record, the start time
 and per-step attempts, the last two stamped by the worker) and one sorted set per owner,
 scored by creation time, for listing newest first.
 """
@@ -14,7 +14,15 @@ from typing import Any
 
 from app.core.redis import AsyncRedis
 from app.errors import JobNotFound
-from contracts.jobs import (
+from contracts.metrics import (
+    JOB_RUN,
+    JOBS_FINISHED,
+    JOBS_SUBMITTED,
+    METRICS_KEY,
+    counter_fields,
+    histogram_fields,
+)
+from contracts.records import (
     CANCELED_AT_FIELD,
     CREATED_FIELD,
     DEADLINE_FIELD,
@@ -25,21 +33,12 @@ from contracts.jobs import (
     STARTED_AT_FIELD,
     STEPS_FIELD,
     JobRecord,
-    JobStatus,
-    WebhookDelivery,
     job_key,
     owner_index_key,
     task_key,
 )
-from contracts.metrics import (
-    JOB_RUN,
-    JOBS_FINISHED,
-    JOBS_SUBMITTED,
-    METRICS_KEY,
-    counter_fields,
-    histogram_fields,
-)
 from contracts.webhooks import WEBHOOK_EVENTS_FIELD, deliveries_key
+from llm_tasks.job_schema import JobStatus, WebhookDelivery
 
 CELERY_META_PREFIX = "celery-task-meta-"
 ATTEMPTS_PREFIX = "attempts:"

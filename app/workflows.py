@@ -14,10 +14,13 @@ from celery import Celery, chain, chord, group
 from celery.canvas import Signature
 
 from contracts.celery_config import broker_priority
-from contracts.jobs import JobRecord, StepRecord
-from contracts.models import TASK_ROLES, DeclaredModel, ModelRole
-from contracts.names import TASK_QUEUES, JobKind, TaskName
-from contracts.schemas import (
+from contracts.models import TASK_ROLES
+from contracts.names import TASK_QUEUES, TaskName
+from contracts.records import JobRecord, StepRecord
+from contracts.settings import CommonSettings
+from llm_tasks.kinds import JobKind
+from llm_tasks.model_info import DeclaredModel, ModelRole
+from llm_tasks.payloads import (
     DocumentOutput,
     GenerateOutput,
     JobOutput,
@@ -30,7 +33,6 @@ from contracts.schemas import (
     VariationsInput,
     VariationsOutput,
 )
-from contracts.settings import CommonSettings
 
 REPLY_TONES = 3
 KEY_POINTS_PROMPT = "Key points from: {text}\n"

@@ -24,7 +24,7 @@ import redis
 
 from bench.report import machine, percentiles, save
 from contracts.celery_config import create_celery_app
-from contracts.jobs import RECORD_FIELD, JobRecord, job_key
+from contracts.records import RECORD_FIELD, JobRecord, job_key
 from contracts.settings import CommonSettings
 from tools.stack import Process, clean_env, free_port, http_ok, start_api, start_redis, wait_until
 

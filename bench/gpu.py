@@ -2,7 +2,8 @@
 
 Made for a GPU host that has torch, transformers and tokenizers and no network (as the
 H200 machines lent here: torch 2.11 with CUDA, transformers 5.17): the few other packages
-the worker's modules import (pydantic, pydantic-settings, redis) travel with the source
+the worker's modules import (pydantic, pydantic-settings, redis, and the client's httpx
+and httpx-sse, which the schemas' package imports) travel with the source
 tree as wheels in ``bench/wheels`` and are installed from there into ``.cache/gpu-site``
 when missing. Within a few minutes it measures the builtin engine on GPT-2 124M's shape
 (random weights, the tiny tokenizer) in bfloat16: naive ``generate``, one request at a
@@ -28,14 +29,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 WHEELS = ROOT / "bench" / "wheels"
 SITE = ROOT / ".cache" / "gpu-site"
-NEEDED = ("pydantic", "pydantic_settings", "redis")
+NEEDED = ("pydantic", "pydantic_settings", "redis", "httpx", "httpx_sse")
 
 
 def _import_or_install() -> None:
     """Make the worker's imports work without a network: the wheels beside this file."""
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(1, str(ROOT / "client"))  # the llm_tasks package: the API's schemas
     if SITE.exists():
-        sys.path.insert(1, str(SITE))
+        sys.path.insert(2, str(SITE))
     missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
     if not missing:
         return
@@ -43,11 +45,12 @@ def _import_or_install() -> None:
     packages = [
         "annotated-types", "pydantic", "pydantic-core", "pydantic-settings", "python-dotenv",
         "redis", "typing-extensions", "typing-inspection",
+        "anyio", "certifi", "h11", "httpcore", "httpx", "httpx-sse", "idna",
     ]  # fmt: skip
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps"]
     command += ["--find-links", str(WHEELS), "--target", str(SITE), *packages]
     subprocess.run(command, check=True)
-    sys.path.insert(1, str(SITE))
+    sys.path.insert(2, str(SITE))
     importlib.invalidate_caches()
 
 

@@ -1,4 +1,4 @@
-"""Throughput: micro-batching against the guide's one-request-per-pass design.
+"""Throughput: micro-batching against one request per pass (the seed guide's design).
 
 Every figure stands beside its peer from the same run:
 

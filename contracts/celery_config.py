@@ -10,8 +10,9 @@ from celery import Celery
 from kombu.entity import Queue
 
 from contracts import redis_transport
-from contracts.names import DEFAULT_PRIORITY, PRIORITY_LEVELS, TASK_QUEUES, QueueName
+from contracts.names import TASK_QUEUES, QueueName
 from contracts.settings import CommonSettings
+from llm_tasks.kinds import DEFAULT_PRIORITY, PRIORITY_LEVELS
 
 
 def is_amqp(broker_url: str) -> bool:

@@ -8,11 +8,10 @@ and without loading anything. A worker that stops takes its name off; one that d
 stops beating and drops out after ``WORKER_TTL`` seconds.
 """
 
-from enum import StrEnum
-
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from contracts.names import QueueName, TaskName
+from llm_tasks.model_info import DeclaredModel, ModelRole
 
 MODELS_KEY = "llm-tasks:models"
 #: Seconds between a worker's beats, and after which a silent worker no longer counts.
@@ -22,12 +21,6 @@ WORKER_TTL = 3 * HEARTBEAT_SECONDS
 
 def model_workers_key(name: str) -> str:
     return f"llm-tasks:model-workers:{name}"
-
-
-class ModelRole(StrEnum):
-    GENERATOR = "generator"
-    CLASSIFIER = "classifier"
-    SUMMARIZER = "summarizer"
 
 
 #: The queue each role's model consumes.
@@ -55,30 +48,8 @@ TASK_ROLES: dict[TaskName, ModelRole | None] = {
 }
 
 
-class DeclaredModel(BaseModel):
-    """A model of the deployment, as the settings declare it (``LLM_TASKS_MODELS``, or
-    ``LLM_TASKS_<ROLE>_MODEL``)."""
-
-    name: str = Field(description="How jobs and the listing call it.")
-    role: ModelRole
-    source: str = Field(description="`tiny`, a Hugging Face id or a local folder.")
-    queue: str = Field(description="The queue its jobs go to; a worker consumes it to serve it.")
-
-
 class PublishedModel(DeclaredModel):
     """What a worker that loaded the model knows of it."""
 
     context_window: int = Field(description="Prompt and generated tokens together.")
     chat_template: bool = Field(description="Its tokenizer has a chat template (`chat` jobs).")
-
-
-class ModelPublic(DeclaredModel):
-    """A model as `GET /v1/models` lists it."""
-
-    context_window: int | None = Field(description="Null until a worker has loaded it.")
-    chat_template: bool | None = Field(description="Null until a worker has loaded it.")
-    workers: int = Field(description="Live workers that hold it (0: its jobs wait).")
-
-
-class ModelList(BaseModel):
-    data: list[ModelPublic]

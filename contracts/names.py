@@ -33,20 +33,6 @@ class QueueName(StrEnum):
     WEBHOOKS = "webhooks"
 
 
-class JobKind(StrEnum):
-    """What a client can ask for at POST /v1/jobs."""
-
-    GENERATE = "generate"
-    CHAT = "chat"
-    LONG_TEXT = "long_text"
-    SUMMARIZE = "summarize"
-    SENTIMENT = "sentiment"
-    STORY = "story"
-    VARIATIONS = "variations"
-    DOCUMENT = "document"
-    REPLY = "reply"
-
-
 TASK_QUEUES: dict[TaskName, QueueName] = {
     TaskName.GENERATE: QueueName.GENERATE,
     TaskName.CHAT: QueueName.GENERATE,
@@ -62,11 +48,6 @@ TASK_QUEUES: dict[TaskName, QueueName] = {
     TaskName.REPLY_RANK: QueueName.CLASSIFY,
     TaskName.DELIVER_WEBHOOK: QueueName.WEBHOOKS,
 }
-
-
-#: Client-facing priorities: 0 (least urgent) to 9 (most urgent).
-PRIORITY_LEVELS = 10
-DEFAULT_PRIORITY = 5
 
 
 #: Redis hash of the workers that refused to start (hostname: why, in one line), read by

@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contracts.models import ROLE_QUEUES, DeclaredModel, ModelRole
+from contracts.models import ROLE_QUEUES
+from llm_tasks.model_info import DeclaredModel, ModelRole
 
 
 class CommonSettings(BaseSettings):

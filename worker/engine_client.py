@@ -14,7 +14,7 @@ from functools import lru_cache, partial
 from typing import Any, Literal
 
 from contracts.models import PublishedModel
-from contracts.schemas import GenerateOutput
+from llm_tasks.payloads import GenerateOutput
 from worker.batchers import batcher_for
 from worker.catalog import catalog
 from worker.classifier import Sentiment

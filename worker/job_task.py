@@ -27,7 +27,15 @@ from celery import Task, states
 from celery.exceptions import Ignore
 from celery.worker import state as worker_state
 
-from contracts.jobs import (
+from contracts.metrics import (
+    JOB_RUN,
+    JOB_WAIT,
+    JOBS_FINISHED,
+    STEP_RETRIES,
+    STEPS_FINISHED,
+    TIME_TO_FIRST_TOKEN,
+)
+from contracts.records import (
     CANCELED_AT_FIELD,
     CREATED_FIELD,
     DEADLINE_FIELD,
@@ -40,14 +48,6 @@ from contracts.jobs import (
     STEPS_FIELD,
     job_key,
     task_key,
-)
-from contracts.metrics import (
-    JOB_RUN,
-    JOB_WAIT,
-    JOBS_FINISHED,
-    STEP_RETRIES,
-    STEPS_FINISHED,
-    TIME_TO_FIRST_TOKEN,
 )
 from contracts.webhooks import (
     OUTPUT_INTERVAL,

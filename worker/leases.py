@@ -1,6 +1,6 @@
 """Who runs a step, and whether it should stop: leases and job flags, kept off the hot path.
 
-A step that starts takes a **lease** in Redis (:func:`contracts.jobs.lease_key`, holding
+A step that starts takes a **lease** in Redis (:func:`contracts.records.lease_key`, holding
 this worker's identity, with a TTL well under the broker's visibility timeout). While the
 step runs, one thread per worker process, :class:`StepWatch`, renews the leases of every
 step the process runs and reads their jobs' flags (canceled by the client, or failed in
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from contracts.jobs import CANCELED_AT_FIELD, ENDED_FIELD, job_key, lease_key
+from contracts.records import CANCELED_AT_FIELD, ENDED_FIELD, job_key, lease_key
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from contracts.models import DeclaredModel
-from contracts.models import ModelRole as ModelRole  # the roles, shared with the API
+from llm_tasks.model_info import DeclaredModel
+from llm_tasks.model_info import ModelRole as ModelRole  # the roles, shared with the API
 from tiny_models import ensure_tiny_models
 from worker.config import WorkerSettings, get_settings
 

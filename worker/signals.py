@@ -20,8 +20,8 @@ from celery.signals import (
 )
 
 from contracts.logs import formatter
-from contracts.models import DeclaredModel
 from contracts.names import WORKER_REFUSALS_KEY, WORKER_REFUSALS_TTL, QueueName
+from llm_tasks.model_info import DeclaredModel
 from worker.catalog import catalog
 from worker.config import get_settings
 from worker.engine_client import served

@@ -12,8 +12,9 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from contracts.limits import limit_violations
 from contracts.names import TaskName
-from contracts.schemas import (
+from llm_tasks.payloads import (
     ChatInput,
     DocumentOutput,
     GenerateInput,
@@ -28,7 +29,6 @@ from contracts.schemas import (
     StoryStepOptions,
     SummarizeInput,
     SummarizeOutput,
-    limit_violations,
 )
 from worker import chat, engine_client
 from worker.celery_app import app

@@ -6,7 +6,7 @@ from functools import cached_property, lru_cache
 from pydantic import Field, SecretStr, field_validator
 
 from contracts.settings import CommonSettings
-from contracts.webhooks import secret_key
+from llm_tasks.signatures import secret_key
 
 
 class ApiSettings(CommonSettings):

@@ -19,8 +19,9 @@ from app.events import EventHub, Inbox, job_events, step_channels
 from app.idempotency import Idempotency, fingerprint, parse_key
 from app.status import show
 from app.store import JobStore, StoredJob
-from contracts.jobs import JobPage, JobPublic, JobRecord, JobStatus
-from contracts.names import JobKind
+from contracts.records import JobRecord
+from llm_tasks.job_schema import JobPage, JobPublic, JobStatus
+from llm_tasks.kinds import JobKind
 
 PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 

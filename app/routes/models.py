@@ -6,15 +6,9 @@ from fastapi import APIRouter, Depends
 
 from app.core.redis import AsyncRedis
 from app.deps import ServicesDep, SettingsDep, enforce_rate_limit
-from contracts.models import (
-    MODELS_KEY,
-    WORKER_TTL,
-    ModelList,
-    ModelPublic,
-    PublishedModel,
-    model_workers_key,
-)
+from contracts.models import MODELS_KEY, WORKER_TTL, PublishedModel, model_workers_key
 from contracts.settings import CommonSettings
+from llm_tasks.model_info import ModelList, ModelPublic
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(enforce_rate_limit)])
 

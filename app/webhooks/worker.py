@@ -36,7 +36,6 @@ from app.status import show
 from app.store import JobStore
 from app.webhooks.targets import TargetRefused, pinned, resolve
 from contracts.celery_config import create_celery_app
-from contracts.jobs import WebhookDelivery
 from contracts.logs import formatter
 from contracts.metrics import (
     METRICS_KEY,
@@ -46,7 +45,9 @@ from contracts.metrics import (
     histogram_fields,
 )
 from contracts.names import QueueName, TaskName
-from contracts.webhooks import WebhookEvent, deliveries_key, signed_headers
+from contracts.webhooks import WebhookEvent, deliveries_key
+from llm_tasks.job_schema import WebhookDelivery
+from llm_tasks.signatures import signed_headers
 
 logger = logging.getLogger(__name__)
 

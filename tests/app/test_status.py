@@ -4,8 +4,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.status import build_job, job_status, step_status
-from contracts.jobs import JobRecord, JobStatus, JobUrls, StepRecord
-from contracts.names import JobKind
+from contracts.records import JobRecord, StepRecord
+from llm_tasks.job_schema import JobStatus, JobUrls
+from llm_tasks.kinds import JobKind
 
 RECORD = JobRecord(
     id="job-1",

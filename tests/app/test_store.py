@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import redis.asyncio as aioredis
 
 from app.store import CELERY_META_PREFIX, JobStore
-from contracts.jobs import STARTED_AT_FIELD, JobRecord, StepRecord, attempts_field, job_key
+from contracts.records import STARTED_AT_FIELD, JobRecord, StepRecord, attempts_field, job_key
 
 
 class WorkerBetweenReads:

@@ -1,9 +1,10 @@
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from contracts.jobs import JobCreate
-from contracts.schemas import GenerateInput, limit_violations
+from contracts.limits import limit_violations
 from contracts.settings import CommonSettings
+from llm_tasks.job_schema import JobCreate
+from llm_tasks.payloads import GenerateInput
 
 job_adapter = TypeAdapter(JobCreate)
 

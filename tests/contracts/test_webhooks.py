@@ -9,17 +9,9 @@ import pytest
 import redis
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from contracts.webhooks import (
-    OUTPUT_SEQUENCE_FIELD,
-    OUTPUT_SLOT,
-    InvalidSignature,
-    deliveries_key,
-    output_slot_key,
-    secret_key,
-    signed_headers,
-    verify,
-)
+from contracts.webhooks import OUTPUT_SEQUENCE_FIELD, OUTPUT_SLOT, deliveries_key, output_slot_key
 from llm_tasks import verify_webhook
+from llm_tasks.signatures import InvalidSignature, secret_key, signed_headers, verify
 
 SECRET = "whsec_" + base64.b64encode(b"a key of thirty-two bytes, ok..!").decode()
 BODY = b'{"id":"42","status":"succeeded"}'

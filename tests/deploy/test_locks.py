@@ -14,6 +14,9 @@ from tools.stack import ROOT
 
 REQUIREMENTS = ROOT / "requirements"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+CLIENT = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
+#: The project's own distributions: installed from the source tree, never from a lock.
+OWN = {"llm-tasks", "llm-tasks-client"}
 
 
 def entries(lock: Path) -> dict[str, tuple[str, list[str]]]:
@@ -31,8 +34,12 @@ def entries(lock: Path) -> dict[str, tuple[str, list[str]]]:
     return found
 
 
-def requirements_of(extras: tuple[str, ...]) -> list[Requirement]:
-    """What the extras ask for, through the extras they name."""
+def requirements_of(extras: tuple[str, ...], project: str | None = "service") -> list[Requirement]:
+    """What the project asks for with these extras, through the extras they name and, for
+    the service, the client it depends on."""
+    client = [Requirement(text) for text in CLIENT["dependencies"]]
+    if project == "client":
+        return client
     wanted: list[Requirement] = []
     seen: set[str] = set()
     todo = list(extras)
@@ -47,7 +54,8 @@ def requirements_of(extras: tuple[str, ...]) -> list[Requirement]:
                 todo += sorted(requirement.extras)
             else:
                 wanted.append(requirement)
-    return wanted + [Requirement(text) for text in PROJECT["dependencies"]]
+    service = [Requirement(text) for text in PROJECT["dependencies"]]
+    return wanted + [r for r in service if canonicalize_name(r.name) not in OWN] + client
 
 
 @pytest.mark.parametrize("name", list(LOCKS))
@@ -55,14 +63,14 @@ def test_every_package_is_pinned_and_hashed(name: str):
     locked = entries(REQUIREMENTS / f"{name}.txt")
     assert locked
     assert [package for package, (_, hashes) in locked.items() if not hashes] == []
-    assert "llm-tasks" not in locked  # the project installs from its source tree
+    assert OWN.isdisjoint(locked)  # the projects install from the source tree
 
 
 @pytest.mark.parametrize("name", [name for name, lock in LOCKS.items() if lock.project])
 def test_each_lock_satisfies_the_ranges_it_was_made_from(name: str):
     """A range changed in pyproject.toml without `make lock` fails here."""
     locked = entries(REQUIREMENTS / f"{name}.txt")
-    for requirement in requirements_of(LOCKS[name].extras):
+    for requirement in requirements_of(LOCKS[name].extras, LOCKS[name].project):
         package = canonicalize_name(requirement.name)
         assert package in locked, f"{name}.txt lacks {requirement}"
         version = locked[package][0]
@@ -99,5 +107,6 @@ def test_the_images_install_from_the_locks_only(dockerfile: str):
             assert "--require-hashes" in arguments
             lock = arguments[arguments.index("-r") + 1]
             assert (ROOT / lock).is_file() and lock.startswith("requirements/")
-        else:
-            assert arguments[-1] == "." and "--no-index" in arguments, install
+        else:  # the projects, from the source tree
+            assert "--no-index" in arguments, install
+            assert [a for a in arguments if not a.startswith("-")] == ["./client", "."], install

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from contracts.schemas import GenerateInput, SentimentOutput
 from llm_tasks import (
     AsyncClient,
     Client,
@@ -20,6 +19,7 @@ from llm_tasks import (
     RateLimited,
     WaitTimeout,
 )
+from llm_tasks.payloads import GenerateInput, SentimentOutput
 from tests.conftest import another_api
 from tests.support.proxy import dropping_proxy
 

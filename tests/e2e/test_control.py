@@ -10,7 +10,7 @@ import httpx
 import pytest
 import redis
 
-from contracts.jobs import RECORD_FIELD, JobRecord, job_key
+from contracts.records import RECORD_FIELD, JobRecord, job_key
 from llm_tasks import Client
 from tests.conftest import wait_for, wait_for_job
 from tools.stack import free_port, http_ok, start_api, wait_until

@@ -12,7 +12,7 @@ import psutil
 import pytest
 import redis
 
-from contracts.jobs import RECORD_FIELD, JobRecord, job_key
+from contracts.records import RECORD_FIELD, JobRecord, job_key
 from llm_tasks import Client, StepTexts
 from tests.conftest import wait_for, wait_for_job
 from tests.support.sse import Comment, Event, events, read_stream, text_of

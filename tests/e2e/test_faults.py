@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from contracts.celery_config import create_celery_app
-from contracts.jobs import RECORD_FIELD, JobRecord, job_key
 from contracts.names import TaskName
+from contracts.records import RECORD_FIELD, JobRecord, job_key
 from contracts.settings import CommonSettings
 from tests.conftest import wait_for, wait_for_job
 from tools.stack import (

@@ -9,7 +9,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from contracts.jobs import JobOptions
+from llm_tasks.job_schema import JobOptions
 from tests.conftest import TEST_MAX_NEW_TOKENS, wait_for_job
 from tools.stack import ROOT
 

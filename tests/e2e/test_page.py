@@ -6,7 +6,7 @@ import shutil
 import httpx
 import pytest
 
-from contracts.names import JobKind
+from llm_tasks.kinds import JobKind
 from tests.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.e2e

@@ -201,7 +201,7 @@ def test_webhook_targets_are_checked(
 def test_the_readme_receiver_verifies_a_delivery_and_refuses_a_forgery(
     client: httpx.Client, webhooks_worker: Process, log_dir: Path, tmp_path: Path
 ):
-    (code,) = readme_blocks("Use it with curl", "python")
+    (code,) = readme_blocks("Your first job", "python")
     (tmp_path / "readme_receiver.py").write_text(
         code.replace('"whsec_…"', repr(TEST_WEBHOOK_SECRET))
     )

@@ -1,4 +1,4 @@
-"""Every job kind of the guide, end to end over HTTP on the real stack."""
+"""Every job kind, end to end over HTTP on the real stack."""
 
 import httpx
 import pytest

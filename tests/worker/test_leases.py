@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from contracts.jobs import CANCELED_AT_FIELD, ENDED_FIELD, job_key, lease_key
+from contracts.records import CANCELED_AT_FIELD, ENDED_FIELD, job_key, lease_key
 from tools.stack import wait_until
 from worker.leases import CANCELED_BY_CLIENT, STEP_FAILED, LeaseHeld, StepWatch
 

@@ -1,18 +1,15 @@
 """Payloads and results of each job kind, validated on both sides of the queue.
 
-Hard ceilings live in the field types; settings narrow them further: a field annotated
-with :class:`Bound` may not exceed the named setting (:func:`limit_violations`), checked
-by the API on submit and again by the worker on receipt.
+Hard ceilings live in the field types; a deployment's settings narrow them further: a
+field annotated with :class:`Bound` may not exceed the named setting (checked by the API
+on submit and again by the worker on receipt, ``contracts.limits``).
 """
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-if TYPE_CHECKING:  # the client imports these schemas without the service's settings
-    from contracts.settings import CommonSettings
 
 PROMPT_CHARS_CEILING = 100_000
 TEXT_CHARS_CEILING = 200_000
@@ -327,34 +324,8 @@ JobOutput = (
 )
 
 
-class LimitViolation(BaseModel):
-    field: str
-    message: str
-
-
 def bounded_fields(model: type[BaseModel]) -> Iterator[tuple[str, Bound | TotalChars]]:
     """The model's fields that carry a :class:`Bound` or :class:`TotalChars`, with it."""
     for name, info in model.model_fields.items():
         for bound in (meta for meta in info.metadata if isinstance(meta, Bound | TotalChars)):
             yield name, bound
-
-
-def limit_violations(payload: BaseModel, settings: "CommonSettings") -> list[LimitViolation]:
-    """Fields that exceed the setting their :class:`Bound` names."""
-    violations = []
-    for name, bound in bounded_fields(type(payload)):
-        limit = getattr(settings, bound.setting)
-        value = getattr(payload, name)
-        if value is None:
-            continue
-        if isinstance(bound, TotalChars):
-            size, unit = sum(len(message.content) for message in value), " characters in all"
-        elif isinstance(value, str):
-            size, unit = len(value), " characters"
-        elif isinstance(value, list):
-            size, unit = len(value), " items"
-        else:
-            size, unit = value, ""
-        if size > limit:
-            violations.append(LimitViolation(field=name, message=f"must be at most {limit}{unit}"))
-    return violations

@@ -19,9 +19,9 @@ from typing import Any, TextIO
 import httpx
 from pydantic import BaseModel
 
-from contracts.jobs import JOB_MODELS, JobPublic, JobStatus
 from llm_tasks.client import Client, Event
 from llm_tasks.errors import ApiError, LLMTasksError
+from llm_tasks.job_schema import JOB_MODELS, JobPublic, JobStatus
 
 EXIT_OK, EXIT_JOB_NOT_SUCCEEDED, EXIT_ERROR = 0, 1, 2
 

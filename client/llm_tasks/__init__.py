@@ -1,4 +1,4 @@
-"""The Python client of llm-tasks: ``pip install "llm-tasks[client]"``.
+"""The Python client of llm-tasks, and the HTTP API's schemas, which the service shares.
 
 >>> from llm_tasks import Client
 >>> with Client("http://127.0.0.1:8000") as client:
@@ -7,9 +7,6 @@
 ...         print(text, end="", flush=True)
 """
 
-from contracts.jobs import JobPage, JobPublic, JobStatus
-from contracts.names import JobKind
-from contracts.webhooks import InvalidSignature
 from llm_tasks.client import AsyncClient, Client, Event, StepTexts, TextRestart, verify_webhook
 from llm_tasks.errors import (
     ApiError,
@@ -23,6 +20,9 @@ from llm_tasks.errors import (
     Unauthorized,
     WaitTimeout,
 )
+from llm_tasks.job_schema import JobPage, JobPublic, JobStatus
+from llm_tasks.kinds import JobKind
+from llm_tasks.signatures import InvalidSignature
 
 __all__ = [
     "ApiError",

@@ -1,7 +1,7 @@
 """The Python client: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio).
 
 Both speak the API of ``/v1/jobs`` and return the shared contract's models
-(:class:`~contracts.jobs.JobPublic`). Error answers raise :mod:`llm_tasks.errors`
+(:class:`~llm_tasks.job_schema.JobPublic`). Error answers raise :mod:`llm_tasks.errors`
 exceptions carrying the problem details; 429 and 503 are retried a few times, after the
 ``Retry-After`` the API sends. Event streams reconnect by themselves after a dropped
 connection, with ``Last-Event-ID``, so no text is lost or repeated.
@@ -19,10 +19,10 @@ import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 from pydantic import BaseModel
 
-from contracts.jobs import JobPage, JobPublic, JobStatus
-from contracts.models import ModelList, ModelPublic
-from contracts.webhooks import secret_key, verify
 from llm_tasks.errors import StreamLost, WaitTimeout, error_for
+from llm_tasks.job_schema import JobPage, JobPublic, JobStatus
+from llm_tasks.model_info import ModelList, ModelPublic
+from llm_tasks.signatures import secret_key, verify
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 #: Answers worth another try after a pause: nothing was accepted or changed.
