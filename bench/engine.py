@@ -22,12 +22,10 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from bench.models import gpt2_124m_shaped
+from bench.models import batched_rate, gpt2_124m_shaped, naive_rate
 from bench.report import RESULTS, machine, save
 from bench.throughput import option
 
@@ -85,38 +83,12 @@ class VllmPeer:
 
 
 def ours(loaded: Any, token_ids: list[list[int]], new: int, sampled: bool) -> float:
-    from worker.decode_loop import Decoded, DecodeRow, decode_batch
-    from worker.device_loop import Pending
-
     temperature = SAMPLED["temperature"] if sampled else 0.0
-    batch: list[Pending[DecodeRow, Decoded]] = [
-        Pending(DecodeRow(ids, new, temperature, SAMPLED["top_p"], seed=i), Future())
-        for i, ids in enumerate(token_ids)
-    ]
-    started = time.perf_counter()
-    decode_batch(loaded, batch, capacity=len(batch))
-    seconds = time.perf_counter() - started
-    return sum(len(pending.future.result().tokens) for pending in batch) / seconds
+    return batched_rate(loaded, token_ids, new, temperature, SAMPLED["top_p"])
 
 
 def naive(loaded: Any, token_ids: list[list[int]], new: int, sampled: bool) -> float:
-    import torch
-
-    generated, started = 0, time.perf_counter()
-    for i, ids in enumerate(token_ids):
-        torch.manual_seed(i)
-        input_ids = torch.tensor([ids], device=loaded.device)
-        with torch.inference_mode():
-            output = loaded.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=new,
-                do_sample=sampled,
-                pad_token_id=loaded.tokenizer.pad_token_id,
-                **(SAMPLED if sampled else {}),
-            )
-        generated += output.shape[1] - len(ids)
-    return generated / (time.perf_counter() - started)
+    return naive_rate(loaded, token_ids, new, SAMPLED if sampled else None)
 
 
 def load(folder: Path) -> Any:

@@ -21,8 +21,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +60,11 @@ def main() -> dict[str, Any]:
     os.environ["LLM_TASKS_INFERENCE_PROCESS"] = "false"
     os.environ["LLM_TASKS_DEVICE"] = "cuda:0" if on_gpu else "cpu"
     os.environ["LLM_TASKS_DTYPE"] = "bfloat16"
-    from bench.models import copy_bandwidth, gpt2_124m_shaped
+    from bench.models import batched_rate, copy_bandwidth, gpt2_124m_shaped, naive_rate
     from bench.report import machine, save
 
     os.environ["LLM_TASKS_GENERATOR_MODEL"] = str(gpt2_124m_shaped())
     from worker.config import WorkerSettings
-    from worker.decode_loop import Decoded, DecodeRow, decode_batch
-    from worker.device_loop import Pending
     from worker.models import ModelRegistry, ModelRole
 
     loaded = ModelRegistry(WorkerSettings()).get(ModelRole.GENERATOR)
@@ -77,44 +73,17 @@ def main() -> dict[str, Any]:
         loaded.tokenizer.encode(f"Once upon a time, request {i} asked for") for i in range(64)
     ]
 
-    def synchronize() -> None:
-        if on_gpu:
-            torch.cuda.synchronize()
-
     def batched(level: int) -> float:
-        batch: list[Pending[DecodeRow, Decoded]] = [
-            Pending(DecodeRow(prompts[i], new, 0.0, 1.0, seed=i), Future()) for i in range(level)
-        ]
-        synchronize()
-        started = time.perf_counter()
-        decode_batch(loaded, batch, capacity=level)
-        synchronize()
-        seconds = time.perf_counter() - started
-        return sum(len(p.future.result().tokens) for p in batch) / seconds
-
-    model: Any = loaded.model
+        return batched_rate(loaded, prompts[:level], new)
 
     def naive(count: int) -> float:
-        generated, started = 0, time.perf_counter()
-        for ids in prompts[:count]:
-            input_ids = torch.tensor([ids], device=loaded.device)
-            with torch.inference_mode():
-                output = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    max_new_tokens=new,
-                    do_sample=False,
-                    pad_token_id=loaded.tokenizer.pad_token_id,
-                )
-            generated += output.shape[1] - len(ids)
-        synchronize()
-        return generated / (time.perf_counter() - started)
+        return naive_rate(loaded, prompts[:count], new)
 
     weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     bandwidth = copy_bandwidth(loaded.device)
     batched(levels[0])  # warm up
     naive(1)
-    naive_rate = statistics.median(naive(4) for _ in range(rounds))
+    naive_speed = statistics.median(naive(4) for _ in range(rounds))
     rows = []
     for level in levels:
         rate = statistics.median(batched(level) for _ in range(rounds))
@@ -124,7 +93,7 @@ def main() -> dict[str, Any]:
                 "concurrent": level,
                 "new_tokens": new,
                 "tokens_per_second": rate,
-                "over_naive": rate / naive_rate,
+                "over_naive": rate / naive_speed,
                 "bandwidth_bound": bound,
                 "share_of_bound": rate / bound,
             }
@@ -137,7 +106,7 @@ def main() -> dict[str, Any]:
         "dtype": str(next(loaded.model.parameters()).dtype),
         "weights_bytes": weights,
         "copy_bandwidth_bytes_per_s": bandwidth,
-        "naive_tokens_per_second": naive_rate,
+        "naive_tokens_per_second": naive_speed,
         "batched": rows,
     }
     save("gpu" if on_gpu else "gpu-cpu-fallback", report)

@@ -2,7 +2,9 @@
 HTTP clients, so that the GPU run (``bench/gpu.py``) needs little beside torch."""
 
 import time
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,3 +52,50 @@ def copy_bandwidth(device: torch.device, megabytes: int = 256, rounds: int = 20)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return 2 * source.numel() * rounds / (time.perf_counter() - started)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def batched_rate(
+    loaded: Any, prompts: list[list[int]], new: int, temperature: float = 0.0, top_p: float = 1.0
+) -> float:
+    """Tokens a second of our batched decode loop, every prompt a row (seeded by its index)."""
+    from worker.decode_loop import Decoded, DecodeRow, decode_batch
+    from worker.device_loop import Pending
+
+    batch: list[Pending[DecodeRow, Decoded]] = [
+        Pending(DecodeRow(ids, new, temperature, top_p, seed=i), Future())
+        for i, ids in enumerate(prompts)
+    ]
+    _synchronize(loaded.device)
+    started = time.perf_counter()
+    decode_batch(loaded, batch, capacity=len(batch))
+    _synchronize(loaded.device)
+    seconds = time.perf_counter() - started
+    return sum(len(pending.future.result().tokens) for pending in batch) / seconds
+
+
+def naive_rate(
+    loaded: Any, prompts: list[list[int]], new: int, sampling: dict[str, float] | None = None
+) -> float:
+    """Tokens a second of transformers' own ``generate``, one request at a time (greedy, or
+    sampled with ``sampling``'s temperature and top-p, seeded by the request's index)."""
+    generated, started = 0, time.perf_counter()
+    for i, ids in enumerate(prompts):
+        torch.manual_seed(i)
+        input_ids = torch.tensor([ids], device=loaded.device)
+        with torch.inference_mode():
+            output = loaded.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=new,
+                do_sample=sampling is not None,
+                pad_token_id=loaded.tokenizer.pad_token_id,
+                **(sampling or {}),
+            )
+        generated += output.shape[1] - len(ids)
+    _synchronize(loaded.device)
+    return generated / (time.perf_counter() - started)
