@@ -200,6 +200,14 @@ class JobStore:
             position = after_page
         return kept, position
 
+    async def _hashes(self, keys: list[str]) -> list[dict[bytes, bytes]]:
+        """Every field of each hash, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+            found: list[dict[bytes, bytes]] = await pipe.execute()
+        return found
+
     async def _load(self, job_ids: list[str]) -> dict[str, StoredJob]:
         if not job_ids:
             return {}
@@ -224,10 +232,7 @@ class JobStore:
         # which are written before any state of the step.
         stale = [job for job in jobs.values() if _unstamped(job)]
         if stale:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for job in stale:
-                    pipe.hgetall(job_key(job.record.id))
-                fresh: list[dict[bytes, bytes]] = await pipe.execute()
+            fresh = await self._hashes([job_key(job.record.id) for job in stale])
             for job, fields in zip(stale, fresh, strict=True):
                 if RECORD_FIELD.encode() in fields:
                     _, started, canceled, attempts, first = _stamps(fields)
@@ -236,10 +241,7 @@ class JobStore:
                     )
         with_webhooks = [job for job in jobs.values() if job.record.webhook]
         if with_webhooks:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for job in with_webhooks:
-                    pipe.hgetall(deliveries_key(job.record.id))
-                found: list[dict[bytes, bytes]] = await pipe.execute()
+            found = await self._hashes([deliveries_key(job.record.id) for job in with_webhooks])
             for job, fields in zip(with_webhooks, found, strict=True):
                 jobs[job.record.id] = replace(job, deliveries=_deliveries(fields))
         return jobs
