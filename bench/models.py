@@ -88,7 +88,7 @@ def naive_rate(
         torch.manual_seed(i)
         input_ids = torch.tensor([ids], device=loaded.device)
         with torch.inference_mode():
-            output = loaded.model.generate(
+            output = loaded.transformers_model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
                 max_new_tokens=new,

@@ -362,10 +362,10 @@ def memory_bound() -> dict[str, Any]:
     from worker.models import ModelRole, get_registry
 
     loaded = get_registry().get(ModelRole.GENERATOR)
-    weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in loaded.transformers_model.parameters())
     return {
         "weights_bytes": float(weights),
-        "dtype": str(next(loaded.model.parameters()).dtype),
+        "dtype": str(next(loaded.transformers_model.parameters()).dtype),
         "device": str(loaded.device),
         "bandwidth_bytes_per_s": copy_bandwidth(loaded.device),
     }

@@ -29,6 +29,12 @@ def broker_priority(priority: int, broker_url: str) -> int:
     return priority if is_amqp(broker_url) else PRIORITY_LEVELS - 1 - priority
 
 
+def client_priority(delivered: int, broker_url: str) -> int:
+    """The client priority of a message the broker delivered with priority ``delivered``
+    (:func:`broker_priority` is its own inverse)."""
+    return broker_priority(delivered, broker_url)
+
+
 def celery_config(settings: CommonSettings) -> dict[str, Any]:
     broker_url = settings.effective_broker_url
     queue_arguments = {"x-max-priority": PRIORITY_LEVELS - 1} if is_amqp(broker_url) else None

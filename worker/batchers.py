@@ -1,4 +1,5 @@
-"""One micro-batcher per loaded model in this process, running its role's runner."""
+"""One micro-batcher per loaded model in this process, running its role's runner (or, for
+a generator in vLLM, vLLM's engine step by step)."""
 
 import threading
 
@@ -8,6 +9,7 @@ from worker.decode_loop import decode_steps
 from worker.device_loop import MicroBatcher, Runner
 from worker.models import LoadedModel, ModelRole
 from worker.summarizer import summarize_batch
+from worker.vllm_runner import vllm_steps
 
 _RUNNERS: dict[ModelRole, Runner] = {
     ModelRole.GENERATOR: decode_steps,
@@ -26,7 +28,7 @@ def batcher_for(loaded: LoadedModel) -> MicroBatcher:
             settings = get_settings()
             batcher = MicroBatcher(
                 loaded,
-                _RUNNERS[loaded.role],
+                vllm_steps if loaded.engine == "vllm" else _RUNNERS[loaded.role],
                 max_size=settings.batch_max_size,
                 wait_ms=settings.batch_wait_ms,
             )

@@ -30,7 +30,7 @@ def encode(loaded: LoadedModel, texts: list[str]) -> Any:
 
 def classify_texts(loaded: LoadedModel, texts: list[str]) -> list[Sentiment]:
     """One forward pass: each text's most likely label and its probability."""
-    model = loaded.model
+    model = loaded.transformers_model
     encoded = encode(loaded, texts)
     with torch.inference_mode():
         probabilities = model(**encoded).logits.float().softmax(dim=-1)

