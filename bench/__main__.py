@@ -1,7 +1,7 @@
 """``make bench``: run the benchmarks, write bench/results/*.json.
 
 ``python -m bench [NAME ...]`` runs only the named ones (startup, kinds, events, stall, webhooks,
-engine, throughput);
+engine, engines_queue, throughput);
 ``--full`` runs the long versions (meant for a GPU machine).
 """
 
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import engine, events, kinds, stall, startup, throughput, webhooks
+from bench import engine, engines_queue, events, kinds, stall, startup, throughput, webhooks
 
 BENCHMARKS: dict[str, Callable[[], Any]] = {
     "startup": startup.main,
@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, Callable[[], Any]] = {
     "stall": stall.main,
     "webhooks": webhooks.main,
     "engine": engine.main,
+    "engines_queue": engines_queue.main,
     "throughput": throughput.main,
 }
 

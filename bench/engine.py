@@ -31,6 +31,10 @@ from bench.throughput import option
 
 PEERS_PYTHON = Path(".venv-peers/bin/python")
 ROUNDS = 3
+#: vLLM's dtype: ``same`` as ours (the worker's choice, ``LLM_TASKS_DTYPE=auto``), or
+#: ``auto`` (vLLM's own: bfloat16 for a float32 checkpoint on a CPU, even one without
+#: native bfloat16 arithmetic, where it is emulated), or a dtype.
+PEER_DTYPE = option("peer-dtype", "same")
 SAMPLED = {"temperature": 0.8, "top_p": 0.95}
 
 
@@ -45,10 +49,10 @@ def prompts(tokenizer: Any, count: int) -> list[list[int]]:
 class VllmPeer:
     """vLLM in its own environment and process, one model loaded, answering requests."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, dtype: str) -> None:
         env = os.environ | {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "2"}
         self.process = subprocess.Popen(
-            [str(PEERS_PYTHON), "bench/vllm_peer.py", str(folder)],
+            [str(PEERS_PYTHON), "bench/vllm_peer.py", str(folder), dtype],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -146,8 +150,10 @@ def main() -> dict[str, Any]:
     for name in chosen:
         loaded = load(folders[name])
         torch.set_num_threads(os.cpu_count() or 1)
-        peer = None if peers_missing else VllmPeer(folders[name])
-        report[f"{name}_ours_dtype"] = str(next(loaded.transformers_model.parameters()).dtype)
+        ours_dtype = str(next(loaded.transformers_model.parameters()).dtype)
+        peer_dtype = ours_dtype.removeprefix("torch.") if PEER_DTYPE == "same" else PEER_DTYPE
+        peer = None if peers_missing else VllmPeer(folders[name], peer_dtype)
+        report[f"{name}_ours_dtype"] = ours_dtype
         report[f"{name}_vllm"] = peer.info if peer is not None else None
         try:
             for sampled in (False, True):

