@@ -9,7 +9,8 @@ alternate between the three, and the two not measured are stopped (SIGSTOP), so 
 none spins on the cores meanwhile; medians of 3. Tokens/s counts the tokens the jobs
 generated.
 
-``python -m bench engines_queue`` (``--levels=32``, ``--tokens=128``, ``--models=gpt2``);
+``python -m bench engines_queue`` (``--levels=32``, ``--tokens=128``, ``--models=gpt2``,
+``--modes=greedy,sampled``);
 results in ``bench/results/engines-queue.json``.
 """
 
@@ -117,6 +118,7 @@ def main() -> dict[str, Any]:
         "gpt2": gpt2_124m_shaped(),
     }
     chosen = option("models", "gpt2").split(",")
+    modes = option("modes", "greedy,sampled").split(",")
     missing = [str(p) for p in (PEERS_PYTHON, VLLM_PYTHON) if not p.exists()]
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {"machine": machine(), "rounds": ROUNDS, "rows": rows}
@@ -135,7 +137,7 @@ def main() -> dict[str, Any]:
         report[f"{name}_dtype"] = dtype
         workers = {"builtin_queue": builtin, "vllm_queue": in_vllm}
         try:
-            for sampled in (False, True):
+            for sampled in [mode == "sampled" for mode in modes]:
                 for new in lengths:
                     for level in levels:
                         texts = [str(tokenizer.decode(ids)) for ids in prompts(tokenizer, level)]
