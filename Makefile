@@ -10,7 +10,9 @@ PORT ?= 8000
 PIP_ARGS ?=
 STAMP := $(VENV)/.installed
 LOCK_VENV := .cache/lock-venv
-OLDEST_VENV := .venv-oldest
+# The oldest-transformers environment, likewise named by its lock's hash (CI keeps it too).
+OLDEST_VENV ?= .venv-oldest
+STAMP_OLDEST := $(OLDEST_VENV)/.installed-$(shell sha256sum requirements/oldest.txt | cut -c1-16)
 PEERS_VENV := .venv-peers
 # vLLM as the worker's engine: its environment (requirements/vllm.txt), named by the lock's
 # hash so that a copy kept elsewhere (CI keeps one per lock in ~/.cache) is built once.
@@ -54,10 +56,11 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The worker's tests against the oldest transformers it supports (requirements/oldest.txt).
-test-oldest: $(OLDEST_VENV)/.installed
+test-oldest: $(STAMP_OLDEST)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation --no-index -e ./client -e .
 	$(OLDEST_VENV)/bin/python -m pytest tests/worker $(PYTEST_ARGS)
 
-$(OLDEST_VENV)/.installed: requirements/oldest.txt
+$(STAMP_OLDEST):
 	$(call make_env,$(OLDEST_VENV),requirements/oldest.txt)
 	touch $@
 

@@ -86,9 +86,10 @@ def vllm_steps(
                 completion = output.outputs[0]
                 generated = tokens[request_id]
                 generated += completion.token_ids
-                ends = live[request_id].item.end_ids
-                if completion.finish_reason == "stop" and generated and generated[-1] in ends:
-                    generated.pop()  # a turn's end ends the text, as the end of sequence does
+                stopped_by_token = not isinstance(completion.stop_reason, str)
+                if completion.finish_reason == "stop" and stopped_by_token and generated:
+                    # The end of sequence or a turn's end that stopped the row: not text.
+                    generated.pop()
                 control = live[request_id].control
                 if completion.token_ids and control.on_tokens is not None:
                     call_safely(control.on_tokens, generated)

@@ -96,6 +96,17 @@ def test_greedy_text_is_the_builtin_engines(vllm: Served, builtin: Served):
         assert theirs.prompt_tokens == ours.prompt_tokens
 
 
+def test_an_end_id_ends_the_row_before_it_as_in_the_builtin_engine(vllm: Served, builtin: Served):
+    """A turn's end (a chat template's) ends the row there, without the id itself."""
+    context = builtin.tokenizer.encode("Once upon a time")
+    free = builtin.submit(DecodeRow(context, 12, 0.0, 1.0, 0))
+    end = free.tokens[5]
+    row = DecodeRow(context, 12, 0.0, 1.0, 0, end_ids=frozenset({end}))
+    ours, theirs = builtin.submit(row), vllm.submit(row)
+    assert ours.finish_reason == theirs.finish_reason == "stop"
+    assert theirs.tokens == ours.tokens == free.tokens[: free.tokens.index(end)]
+
+
 def test_a_seed_reproduces_its_text(vllm: Served):
     sampled = {"temperature": 1.0, "top_p": 0.95}
     first = generate(vllm, "Once upon a time", seed=11, **sampled)
