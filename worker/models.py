@@ -28,6 +28,7 @@ from transformers import (
 from llm_tasks.model_info import DeclaredModel
 from llm_tasks.model_info import ModelRole as ModelRole  # the roles, shared with the API
 from tiny_models import ensure_tiny_models
+from worker.attention import use_decode_attention
 from worker.config import WorkerSettings, get_settings
 from worker.vllm_engine import VllmGenerator, parameter_count
 
@@ -327,6 +328,8 @@ class ModelRegistry:
             )
         if device.type == "cpu":
             dtype = cpu_dtype(self._settings.dtype, model.num_parameters())
+            if role is ModelRole.GENERATOR:
+                use_decode_attention(model)
         model.to(device=device, dtype=dtype)
         model.eval()
         seconds = time.perf_counter() - started

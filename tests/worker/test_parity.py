@@ -183,7 +183,7 @@ def test_rows_joining_and_leaving_the_decode_loop_match_generate(served: LoadedM
 BFLOAT16_TIE = 0.1
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral-sliding", "gemma2"])
 def test_in_bfloat16_the_decode_loop_parts_from_generate_only_at_near_ties(
     name: str, tmp_path: Path, project_tokenizer: PreTrainedTokenizerBase
 ):
