@@ -30,6 +30,7 @@ from llm_tasks.model_info import ModelRole as ModelRole  # the roles, shared wit
 from tiny_models import ensure_tiny_models
 from worker.attention import use_decode_attention
 from worker.config import WorkerSettings, get_settings
+from worker.linear import use_weight_first_linear
 from worker.vllm_engine import VllmGenerator, parameter_count
 
 logger = logging.getLogger(__name__)
@@ -139,8 +140,9 @@ def context_window(config: object, tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 #: From this many parameters on, a model is "large" on a CPU: its passes outweigh the
-#: worker's Celery work (it gets every core, see :func:`intra_op_threads`), and
-#: ``LLM_TASKS_DTYPE=auto`` runs it in bfloat16 where the CPU computes in it natively.
+#: worker's Celery work (it gets every core, see :func:`intra_op_threads`),
+#: ``LLM_TASKS_DTYPE=auto`` runs it in bfloat16 where the CPU computes in it natively, and
+#: in float32 its linear layers run weight first (:mod:`worker.linear`).
 LARGE_MODEL_PARAMETERS = 10_000_000
 
 #: Torch's own choice of threads (read on import, before anything changes it).
@@ -331,6 +333,8 @@ class ModelRegistry:
             if role is ModelRole.GENERATOR:
                 use_decode_attention(model)
         model.to(device=device, dtype=dtype)
+        if device.type == "cpu" and model.num_parameters() >= LARGE_MODEL_PARAMETERS:
+            use_weight_first_linear(model)
         model.eval()
         seconds = time.perf_counter() - started
         logger.info(

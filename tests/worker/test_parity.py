@@ -31,7 +31,7 @@ from transformers import (
 
 from tests.support.arrivals import Scripted
 from worker.config import WorkerSettings
-from worker.decode_loop import DecodeRow, decode_steps
+from worker.decode_loop import Decoded, DecodeRow, decode_steps
 from worker.device_loop import Pending
 from worker.models import LoadedModel, ModelRegistry, ModelRole
 
@@ -122,10 +122,16 @@ def _end_of_text_for_some_rows(model: Any, tokenizer: PreTrainedTokenizerBase) -
     return max(candidates, key=lambda token: (seen[token], -token))
 
 
-def save_random_model(name: str, folder: Path, tokenizer: PreTrainedTokenizerBase) -> None:
-    """A seeded random-weight model of ``name``'s architecture, with an end-of-text token
-    that some rows reach, saved with the tokenizer as a Hugging Face folder."""
-    config = ARCHITECTURES[name](tokenizer)
+def save_random_model(
+    name: str,
+    folder: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    config: PretrainedConfig | None = None,
+) -> None:
+    """A seeded random-weight model of ``name``'s architecture (or of ``config``), with an
+    end-of-text token that some rows reach, saved with the tokenizer as a Hugging Face
+    folder."""
+    config = config or ARCHITECTURES[name](tokenizer)
     torch.manual_seed(sum(map(ord, name)))
     model = AutoModelForCausalLM.from_config(config).eval()
     eos_id = _end_of_text_for_some_rows(model, tokenizer)
@@ -153,10 +159,11 @@ def served(
     return ModelRegistry(settings).get(ModelRole.GENERATOR)
 
 
-def test_rows_joining_and_leaving_the_decode_loop_match_generate(served: LoadedModel):
-    tokenizer, eos_id = served.tokenizer, served.tokenizer.eos_token_id
+def decode_joining_rows(served: LoadedModel) -> tuple[list[DecodeRow], list[Decoded]]:
+    """The greedy rows of ``PROMPTS`` through the decode loop: ``STARTING_ROWS`` start it,
+    the others join it at ``ARRIVAL_STEPS``. Returns the rows and their results."""
     rows = [
-        DecodeRow(context(tokenizer, prompt), limit, temperature=0.0, top_p=1.0, seed=0)
+        DecodeRow(context(served.tokenizer, prompt), limit, temperature=0.0, top_p=1.0, seed=0)
         for prompt, limit in zip(PROMPTS, LIMITS, strict=True)
     ]
     batch = [Pending(row) for row in rows[:STARTING_ROWS]]
@@ -165,16 +172,24 @@ def test_rows_joining_and_leaving_the_decode_loop_match_generate(served: LoadedM
         for _ in decode_steps(served, batch, arrivals, capacity=len(rows)):
             arrivals.step += 1
     assert not arrivals.pending and len(batch) == len(rows)  # every row joined the loop
-
     results = {id(pending.item): pending.future.result() for pending in batch}
-    decoded = [results[id(row)] for row in rows]
-    expected = [
-        generate_alone(served.model, row.context, row.max_new_tokens, eos_id) for row in rows
-    ]
+    return rows, [results[id(row)] for row in rows]
+
+
+def assert_rows_match_generate(served: LoadedModel, reference: Any) -> None:
+    """Each of :func:`decode_joining_rows`'s rows writes what ``reference.generate`` writes
+    for it alone, and some rows end at the end of text, others at their limit."""
+    rows, decoded = decode_joining_rows(served)
+    eos_id = served.tokenizer.eos_token_id
+    expected = [generate_alone(reference, row.context, row.max_new_tokens, eos_id) for row in rows]
     for i, (ours, theirs) in enumerate(zip(decoded, expected, strict=True)):
         assert ours.tokens == theirs, f"row {i} ({len(rows[i].context)} prompt tokens)"
     reasons = Counter(result.finish_reason for result in decoded)
     assert reasons["stop"] >= 1 and reasons["length"] >= 1, reasons  # both ways of ending
+
+
+def test_rows_joining_and_leaving_the_decode_loop_match_generate(served: LoadedModel):
+    assert_rows_match_generate(served, served.model)
 
 
 #: Where a bfloat16 row may part from ``generate``'s: only at a near tie, its two tokens'
@@ -191,19 +206,10 @@ def test_in_bfloat16_the_decode_loop_parts_from_generate_only_at_near_ties(
     settings = WorkerSettings(generator_model=str(tmp_path), device="cpu", dtype="bfloat16")
     served = ModelRegistry(settings).get(ModelRole.GENERATOR)
     assert next(served.model.parameters()).dtype is torch.bfloat16
-    rows = [
-        DecodeRow(context(served.tokenizer, prompt), limit, temperature=0.0, top_p=1.0, seed=0)
-        for prompt, limit in zip(PROMPTS, LIMITS, strict=True)
-    ]
-    batch = [Pending(row) for row in rows[:STARTING_ROWS]]
-    arrivals = Scripted(list(zip(ARRIVAL_STEPS, rows[STARTING_ROWS:], strict=True)))
-    with torch.inference_mode():
-        for _ in decode_steps(served, batch, arrivals, capacity=len(rows)):
-            arrivals.step += 1
-    results = {id(pending.item): pending.future.result() for pending in batch}
+    rows, decoded = decode_joining_rows(served)
     exact = 0
-    for row in rows:
-        ours = results[id(row)].tokens
+    for row, result in zip(rows, decoded, strict=True):
+        ours = result.tokens
         input_ids = torch.tensor([row.context])
         with torch.inference_mode():
             output = served.model.generate(
