@@ -27,10 +27,11 @@ class WeightFirstLinear(nn.Linear):
         """The layer's parameters in a :class:`WeightFirstLinear`: an ``nn.Linear``'s own
         (shared with whatever else holds them); a ``Conv1D``'s weight transposed (in, out
         becomes out, in) into a new parameter, the old one left to be freed."""
-        if isinstance(layer, Conv1D):
-            weight = nn.Parameter(layer.weight.detach().t().contiguous())
-        else:
-            weight = layer.weight
+        weight = (
+            nn.Parameter(layer.weight.detach().t().contiguous())
+            if isinstance(layer, Conv1D)
+            else layer.weight
+        )
         out_features, in_features = weight.shape
         swapped = cls(in_features, out_features, bias=layer.bias is not None, device="meta")
         swapped.weight = weight
@@ -52,11 +53,13 @@ def use_weight_first_linear(model: PreTrainedModel) -> int:
     Subclasses of ``nn.Linear`` (quantized layers, LoRA) keep their own forward."""
     if model.device.type != "cpu" or model.dtype != torch.float32:
         return 0
-    plain = [
-        name
+    plain = {
+        name: module
         for name, module in model.named_modules()
-        if type(module) in (nn.Linear, Conv1D) and module.weight.dtype == torch.float32
-    ]
-    for name in plain:
-        model.set_submodule(name, WeightFirstLinear.of(model.get_submodule(name)))
+        if isinstance(module, nn.Linear | Conv1D)
+        and type(module) in (nn.Linear, Conv1D)
+        and module.weight.dtype == torch.float32
+    }
+    for name, module in plain.items():
+        model.set_submodule(name, WeightFirstLinear.of(module))
     return len(plain)
