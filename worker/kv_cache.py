@@ -19,6 +19,8 @@ model's sliding-window mask, which measures distances in columns, hides what is 
 the window as it does in transformers' own sliding layers.
 """
 
+import inspect
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -124,6 +126,18 @@ class GrowingLayer(CacheLayerMixin):
         self._rows = rows
         self._refresh()
 
+    def reserve(self, count: int) -> None:
+        """Room for ``count`` more positions and one to spare, so that the next update
+        writes into the buffers as they are (a compiled step must not see them grow: the
+        growth is a branch it would compile again)."""
+        if self._key_buffer is None or self._value_buffer is None:
+            return
+        needed = self._length + count + 1
+        if needed > self._key_buffer.shape[-2]:
+            self._key_buffer = _moved(self._key_buffer, self._rows, self._length, needed)
+            self._value_buffer = _moved(self._value_buffer, self._rows, self._length, needed)
+            self._refresh()
+
     def trim_left(self, count: int) -> None:
         """Forget the oldest ``count`` positions (padding no row attends to any more)."""
         if self._key_buffer is None or self._value_buffer is None or count <= 0:
@@ -153,6 +167,12 @@ class GrowingCache(Cache):
         for mine, theirs in zip(self.layers, other.layers, strict=True):
             assert isinstance(mine, GrowingLayer) and isinstance(theirs, GrowingLayer)
             mine.take_rows(theirs)
+
+    def reserve(self, count: int) -> None:
+        """Room in every layer for ``count`` more positions (see :meth:`GrowingLayer.reserve`)."""
+        for layer in self.layers:
+            assert isinstance(layer, GrowingLayer)
+            layer.reserve(count)
 
     def trim_left(self, count: int) -> None:
         """Forget the oldest ``count`` positions of every layer."""
@@ -205,3 +225,16 @@ def attention_layers(config: Any) -> int | None:
     if getattr(text_config, "num_kv_shared_layers", 0):
         return None  # layers reading another layer's cache
     return layers
+
+
+@lru_cache
+def takes(model_class: Any, argument: str) -> bool:
+    """Whether the model's forward takes ``argument`` (read once per class: a run starts
+    for every job when batching is off)."""
+    return argument in inspect.signature(model_class.forward).parameters
+
+
+def cache_argument(model_class: Any) -> str:
+    """The name under which the model's forward takes its key/value cache: ``cache`` since
+    transformers 5.24 (``past_key_values`` is deprecated there), ``past_key_values`` before."""
+    return "cache" if takes(model_class, "cache") else "past_key_values"

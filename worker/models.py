@@ -29,7 +29,9 @@ from llm_tasks.model_info import DeclaredModel
 from llm_tasks.model_info import ModelRole as ModelRole  # the roles, shared with the API
 from tiny_models import ensure_tiny_models
 from worker.attention import use_decode_attention
+from worker.compiled import CompiledStep
 from worker.config import WorkerSettings, get_settings
+from worker.kv_cache import attention_layers
 from worker.linear import use_weight_first_linear
 from worker.vllm_engine import VllmGenerator, parameter_count
 
@@ -101,6 +103,8 @@ class LoadedModel:
     device: torch.device
     load_seconds: float
     engine: Engine = "builtin"
+    #: The decode step compiled (``LLM_TASKS_COMPILE``), else None.
+    compiled_step: CompiledStep | None = None
 
     @property
     def transformers_model(self) -> PreTrainedModel:
@@ -333,15 +337,28 @@ class ModelRegistry:
             if role is ModelRole.GENERATOR:
                 use_decode_attention(model)
         model.to(device=device, dtype=dtype)
-        if device.type == "cpu" and model.num_parameters() >= LARGE_MODEL_PARAMETERS:
+        compiled = (
+            self._settings.compile
+            and role is ModelRole.GENERATOR
+            and device.type == "cpu"
+            and attention_layers(model.config) is not None
+        )
+        large = model.num_parameters() >= LARGE_MODEL_PARAMETERS
+        if device.type == "cpu" and large and not compiled:  # (compiled: Inductor packs them)
             use_weight_first_linear(model)
         model.eval()
+        step = None
+        if compiled:
+            step = CompiledStep(model)
+            step.warm_up(self._settings.batch_max_size)
         seconds = time.perf_counter() - started
         logger.info(
             "loaded %s model %s (%s) on %s (%s) in %.2fs",
             role, declared.name, source, device, dtype, seconds,
         )  # fmt: skip
-        return LoadedModel(role, declared.source, model, tokenizer, device, seconds)
+        return LoadedModel(
+            role, declared.source, model, tokenizer, device, seconds, compiled_step=step
+        )
 
     def _load_in_vllm(
         self,

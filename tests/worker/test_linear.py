@@ -4,21 +4,15 @@ it, writes what ``generate`` writes with the layers it came with."""
 
 from pathlib import Path
 
-import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
 from tests.worker.test_parity import _shape, assert_rows_match_generate, save_random_model
 from worker.config import WorkerSettings
 from worker.linear import WeightFirstLinear, use_weight_first_linear
 from worker.models import LARGE_MODEL_PARAMETERS, ModelRegistry, ModelRole
-
-
-@pytest.fixture(scope="module")
-def project_tokenizer(tiny_models_dir: Path) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(tiny_models_dir / "generator")
 
 
 def test_a_swapped_layer_gives_the_output_of_the_layer_it_replaces():

@@ -17,7 +17,6 @@ import pytest
 import torch
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     Gemma2Config,
     GPT2Config,
     LlamaConfig,
@@ -139,11 +138,6 @@ def save_random_model(
     model.save_pretrained(folder)
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos_id)
     tokenizer.save_pretrained(folder)
-
-
-@pytest.fixture(scope="module")
-def project_tokenizer(tiny_models_dir: Path) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(tiny_models_dir / "generator")
 
 
 @pytest.fixture(scope="module", params=list(ARCHITECTURES))
