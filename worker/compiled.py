@@ -5,13 +5,15 @@ A decode step runs the model on one token per row: its time goes to reading the 
 and to the hundreds of small operations around them (norms, residuals, activations,
 reshapes), which the compiler fuses. Freezing treats the weights as constants, which lets
 Inductor lay them out ahead of time for oneDNN's matrix products on a CPU (the most of
-the gain there). The prompt's pass stays eager: it is one pass per request, of any
-length, and it reads the weights once for many positions.
+the gain there); the model then holds its weights twice, packed and as they were. The
+prompt's pass stays eager: it is one pass per request, of any length, and it reads the
+weights once for many positions.
 
-Inductor reads freezing from its global config when Dynamo traces the model (the
-parameters must become constants then), so ``torch.compile(options={"freezing": True})``
-would not freeze: the step sets it with ``torch._inductor.config.patch`` around its
-calls instead, which changes nothing for other compiled code.
+Dynamo reads freezing from Inductor's config (``torch._inductor.config.freezing``, the
+setting PyTorch's docs give for CPU inference) when it traces the model, to make the
+parameters constants, so ``torch.compile(options={"freezing": True})`` would not freeze
+(pytorch/pytorch#139272): the step patches the config around its calls instead, which
+leaves other compiled code as it was.
 
 The step compiles for dynamic shapes (rows, positions, the cache's room), for a single
 row and for several (size 1 is always a special case); :meth:`warm_up` compiles them at
@@ -70,32 +72,26 @@ class CompiledStep:
         """Compiles the step for one row and for several (up to ``capacity``); returns the
         seconds it took.
 
-        A graph is made for the cache's buffers as it first sees them: whole ones
-        (contiguous), or views (after the decode loop trims the padding no row attends
-        to any more), and one row or several; the warm-up decodes each of the four. The
-        second run's buffers are also longer than the first's (a prompt past the
-        initial room), so that Dynamo takes their length as dynamic from then on. The
-        third grows its buffers, which makes whole ones again. The buffers' room for
-        rows is the decode loop's capacity throughout, as in the worker.
+        The first graph is made for the sizes it first sees; a second run with longer
+        buffers (a prompt past the initial room) makes sure that Dynamo takes their
+        length as dynamic. The third runs several rows, trims its cache as the decode
+        loop does and grows it: rows joining and leaving take no other shapes.
         """
         started = time.perf_counter()
-        self._decode(rows=1, rows_room=capacity, prompt=WARM_UP_PROMPT, steps=2, trim=True)
+        self._decode(rows=1, rows_room=capacity, prompt=WARM_UP_PROMPT, steps=2)
         self._decode(rows=1, rows_room=capacity, prompt=INITIAL_ROOM + 1, steps=2)
         if capacity > 1:
             several = max(2, capacity - 1)
-            self._decode(several, capacity, WARM_UP_PROMPT, steps=INITIAL_ROOM, trim=True)
+            self._decode(several, capacity, WARM_UP_PROMPT, steps=INITIAL_ROOM)
         seconds = time.perf_counter() - started
         logger.info("compiled the decode step of %s in %.1fs", type(self._model).__name__, seconds)
         return seconds
 
     @torch.inference_mode()
-    def _decode(
-        self, rows: int, rows_room: int, prompt: int, steps: int, trim: bool = False
-    ) -> None:
+    def _decode(self, rows: int, rows_room: int, prompt: int, steps: int) -> None:
         """An eager pass over ``rows`` prompts of ``prompt`` tokens, then ``steps``
-        compiled steps, in a cache with room for ``rows_room`` rows; with ``trim``, the
-        cache forgets the prompts' first position before the steps (its buffers are
-        then views)."""
+        compiled steps, in a cache with room for ``rows_room`` rows, which forgets the
+        prompts' first position before the steps (as trimmed padding)."""
         device = self._model.device
         input_ids = torch.ones((rows, prompt), dtype=torch.long, device=device)
         mask = torch.ones_like(input_ids)
@@ -108,9 +104,8 @@ class CompiledStep:
             use_cache=True,
             **{self._cache_name: cache},
         )
-        if trim:
-            cache.trim_left(1)
-            mask = mask[:, 1:]
+        cache.trim_left(1)
+        mask = mask[:, 1:]
         # Tokens and positions laid out as the decode loop's.
         tokens = torch.ones(rows, dtype=torch.long, device=device)
         positions = positions[:, -1:].contiguous()

@@ -185,7 +185,7 @@ def _room_for(states: torch.Tensor, rows: int, length: int) -> torch.Tensor:
     shape = list(states.shape)
     shape[0] = rows
     shape[-2] = max(INITIAL_ROOM, 2 * length)
-    return states.new_empty(shape)
+    return _new_buffer(states, shape)
 
 
 def _moved(
@@ -202,10 +202,19 @@ def _moved(
     shape[0] = max(shape[0], rows_needed)
     if needed > shape[-2]:
         shape[-2] = max(2 * shape[-2], needed)
-    bigger = buffer.new_empty(shape)
+    bigger = _new_buffer(buffer, shape)
     bigger[:rows, :, :shift] = 0
     bigger[:rows, :, shift : shift + filled] = buffer[:rows, :, :filled]
     return bigger
+
+
+def _new_buffer(like: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """An empty buffer of ``shape``: a view of an allocation one position longer (the
+    first one unused). Every buffer is then a view, as a trimmed one is
+    (:meth:`GrowingLayer.trim_left`), and a compiled step sees a single layout: a graph
+    compiled for contiguous buffers would not serve views, nor the other way round."""
+    longer = [*shape[:-2], shape[-2] + 1, shape[-1]]
+    return like.new_empty(longer)[..., 1:, :]
 
 
 #: The attention kinds a growing cache serves: every layer keeps keys and values for every
