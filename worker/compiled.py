@@ -22,6 +22,8 @@ load, so no job waits for a compilation. The cache grows outside the graph
 """
 
 import logging
+import os
+import shutil
 import time
 from typing import Any
 
@@ -35,6 +37,12 @@ logger = logging.getLogger(__name__)
 
 #: Prompt length of the warm-up passes.
 WARM_UP_PROMPT = 5
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler Inductor builds a CPU graph's kernels with (``$CXX``, else
+    ``g++``), if the host has it."""
+    return shutil.which(os.environ.get("CXX", "g++"))
 
 
 class CompiledStep:

@@ -29,7 +29,7 @@ from llm_tasks.model_info import DeclaredModel
 from llm_tasks.model_info import ModelRole as ModelRole  # the roles, shared with the API
 from tiny_models import ensure_tiny_models
 from worker.attention import use_decode_attention
-from worker.compiled import CompiledStep
+from worker.compiled import CompiledStep, cpp_compiler
 from worker.config import WorkerSettings, get_settings
 from worker.kv_cache import attention_layers
 from worker.linear import use_weight_first_linear
@@ -343,6 +343,13 @@ class ModelRegistry:
             and device.type == "cpu"
             and attention_layers(model.config) is not None
         )
+        if compiled and cpp_compiler() is None:
+            logger.warning(
+                "LLM_TASKS_COMPILE: no C++ compiler (%s) on this host to compile %s with; "
+                "its decode step runs eager",
+                os.environ.get("CXX", "g++"), declared.name,
+            )  # fmt: skip
+            compiled = False
         large = model.num_parameters() >= LARGE_MODEL_PARAMETERS
         if device.type == "cpu" and large and not compiled:  # (compiled: Inductor packs them)
             use_weight_first_linear(model)

@@ -38,3 +38,16 @@ def test_the_step_is_not_compiled_by_default(
     save_random_model("gpt2", tmp_path, project_tokenizer)
     settings = WorkerSettings(generator_model=str(tmp_path), device="cpu")
     assert ModelRegistry(settings).get(ModelRole.GENERATOR).compiled_step is None
+
+
+def test_without_a_cpp_compiler_the_step_runs_eager_and_says_why(
+    tmp_path: Path,
+    project_tokenizer: PreTrainedTokenizerBase,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+):
+    save_random_model("gpt2", tmp_path, project_tokenizer)
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    settings = WorkerSettings(generator_model=str(tmp_path), device="cpu", compile=True)
+    assert ModelRegistry(settings).get(ModelRole.GENERATOR).compiled_step is None
+    assert "no C++ compiler" in caplog.text and "runs eager" in caplog.text
