@@ -10,7 +10,8 @@ none spins on the cores meanwhile; medians of 3. Tokens/s counts the tokens the 
 generated.
 
 ``python -m bench engines_queue`` (``--levels=32``, ``--tokens=128``, ``--models=gpt2``,
-``--modes=greedy,sampled``);
+``--modes=greedy,sampled``, ``--compile=on``: the builtin worker with its decode step
+compiled, ``LLM_TASKS_COMPILE``);
 results in ``bench/results/engines-queue.json``.
 """
 
@@ -42,11 +43,14 @@ VLLM_PYTHON = Path(os.environ.get("VENV_VLLM", ".venv-vllm")) / "bin" / "python"
 class QueuedWorker:
     """A worker (its engine, its environment's Python) on a Redis of its own."""
 
-    def __init__(self, log_dir: Path, folder: Path, engine: str, python: str) -> None:
+    def __init__(
+        self, log_dir: Path, folder: Path, engine: str, python: str, compiled: bool = False
+    ) -> None:
         self.redis, url = start_redis(log_dir)
         env = clean_env(
             redis_url=url,
             engine=engine,
+            compile=str(compiled).lower(),
             generator_model=str(folder),
             worker_concurrency="72",
             batch_max_size="64",
@@ -129,12 +133,14 @@ def main() -> dict[str, Any]:
     for name in chosen:
         folder = folders[name]
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        builtin = QueuedWorker(log_dir, folder, "builtin", sys.executable)
+        compiled = option("compile", "off") == "on"
+        builtin = QueuedWorker(log_dir, folder, "builtin", sys.executable, compiled)
         in_vllm = QueuedWorker(log_dir, folder, "vllm", str(VLLM_PYTHON))
         config = AutoConfig.from_pretrained(folder)
         dtype = str(cpu_dtype("auto", parameter_count(config))).removeprefix("torch.")
         peer = VllmPeer(folder, dtype)  # the dtype the workers run it in
         report[f"{name}_dtype"] = dtype
+        report["builtin_compiled"] = compiled
         workers = {"builtin_queue": builtin, "vllm_queue": in_vllm}
         try:
             for sampled in [mode == "sampled" for mode in modes]:
