@@ -129,7 +129,9 @@ class GrowingLayer(CacheLayerMixin):
     def reserve(self, count: int) -> None:
         """Room for ``count`` more positions and one to spare, so that the next update
         writes into the buffers as they are (a compiled step must not see them grow: the
-        growth is a branch it would compile again)."""
+        growth is a branch it would compile again), and leaves the filled part shorter
+        than the buffer (a view that spans its whole buffer has another layout, which a
+        compiled step would compile again for too)."""
         if self._key_buffer is None or self._value_buffer is None:
             return
         needed = self._length + count + 1
