@@ -39,10 +39,18 @@ logger = logging.getLogger(__name__)
 WARM_UP_PROMPT = 5
 
 
-def cpp_compiler() -> str | None:
-    """The C++ compiler Inductor builds a CPU graph's kernels with (``$CXX``, else
-    ``g++``), if the host has it."""
-    return shutil.which(os.environ.get("CXX", "g++"))
+def why_eager(model: PreTrainedModel) -> str | None:
+    """Why ``model``'s decode step cannot be compiled here, or None if it can: it runs on
+    a CPU, in a cache of the decode loop's, and Inductor has a C++ compiler (``$CXX``,
+    else ``g++``) to build its kernels with."""
+    if model.device.type != "cpu":
+        return f"compiling is for CPU workers, and it runs on {model.device}"
+    if attention_layers(model.config) is None:
+        return "its layers keep caches of their own"
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler ({compiler}) on this host"
+    return None
 
 
 class CompiledStep:

@@ -29,9 +29,8 @@ from llm_tasks.model_info import DeclaredModel
 from llm_tasks.model_info import ModelRole as ModelRole  # the roles, shared with the API
 from tiny_models import ensure_tiny_models
 from worker.attention import use_decode_attention
-from worker.compiled import CompiledStep, cpp_compiler
+from worker.compiled import CompiledStep, why_eager
 from worker.config import WorkerSettings, get_settings
-from worker.kv_cache import attention_layers
 from worker.linear import use_weight_first_linear
 from worker.vllm_engine import VllmGenerator, parameter_count
 
@@ -337,18 +336,11 @@ class ModelRegistry:
             if role is ModelRole.GENERATOR:
                 use_decode_attention(model)
         model.to(device=device, dtype=dtype)
-        compiled = (
-            self._settings.compile
-            and role is ModelRole.GENERATOR
-            and device.type == "cpu"
-            and attention_layers(model.config) is not None
-        )
-        if compiled and cpp_compiler() is None:
+        compiled = self._settings.compile and role is ModelRole.GENERATOR
+        if compiled and (reason := why_eager(model)):
             logger.warning(
-                "LLM_TASKS_COMPILE: no C++ compiler (%s) on this host to compile %s with; "
-                "its decode step runs eager",
-                os.environ.get("CXX", "g++"), declared.name,
-            )  # fmt: skip
+                "LLM_TASKS_COMPILE: %s runs its decode step eager: %s", declared.name, reason
+            )
             compiled = False
         large = model.num_parameters() >= LARGE_MODEL_PARAMETERS
         if device.type == "cpu" and large and not compiled:  # (compiled: Inductor packs them)

@@ -51,4 +51,4 @@ def test_without_a_cpp_compiler_the_step_runs_eager_and_says_why(
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     settings = WorkerSettings(generator_model=str(tmp_path), device="cpu", compile=True)
     assert ModelRegistry(settings).get(ModelRole.GENERATOR).compiled_step is None
-    assert "no C++ compiler" in caplog.text and "runs eager" in caplog.text
+    assert "no C++ compiler" in caplog.text and "decode step eager" in caplog.text
